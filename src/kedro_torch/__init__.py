@@ -1,0 +1,4 @@
+"""kedro-torch
+"""
+
+__version__ = "0.1"

@@ -1,0 +1,180 @@
+"""Typed parameters, checked before any work starts.
+
+Every YAML section is read into a frozen dataclass. Unknown keys, wrong types and
+values out of range raise :class:`ParameterError` naming the full YAML key
+(``training.optimizer.name``), so a typo is caught at the door instead of after an
+hour of training. Resolving names (optimizers, models, ...) is done by the modules
+that own those registries; this module only checks shape and types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ParameterError(ValueError):
+    """A parameter is missing, unknown, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class NamedSpec:
+    """A class chosen by name in a registry, with its keyword arguments."""
+
+    name: str | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 42
+
+    def validate(self, key: str) -> None:
+        fractions = {"train": self.train, "val": self.val, "test": self.test}
+        for name, value in fractions.items():
+            if not 0 <= value <= 1:
+                raise ParameterError(f"{key}.{name} must lie in [0, 1], got {value}")
+        if self.train <= 0 or self.test <= 0:
+            raise ParameterError(f"{key}.train and {key}.test must be greater than 0")
+        if abs(sum(fractions.values()) - 1) > 1e-6:
+            raise ParameterError(
+                f"{key}.train + {key}.val + {key}.test must sum to 1, got {sum(fractions.values())}"
+            )
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.5])
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 16
+    channels: Literal[1, 3] = 1
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def validate(self, key: str) -> None:
+        _positive(self.image_size, f"{key}.image_size")
+        _positive(self.batch_size, f"{key}.batch_size")
+        if self.eval_batch_size is not None:
+            _positive(self.eval_batch_size, f"{key}.eval_batch_size")
+        if self.num_workers < 0:
+            raise ParameterError(f"{key}.num_workers must be 0 or more, got {self.num_workers}")
+        for stat in ("mean", "std"):
+            values = getattr(self.normalize, stat)
+            if len(values) not in (1, self.channels):
+                raise ParameterError(
+                    f"{key}.normalize.{stat} needs 1 or {self.channels} values "
+                    f"(data.channels), got {len(values)}"
+                )
+        if any(value <= 0 for value in self.normalize.std):
+            raise ParameterError(f"{key}.normalize.std values must be greater than 0")
+        self.split.validate(f"{key}.split")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Read by the catalog entry `pretrained_state_dict`; kept here so it is logged.
+    pretrained_path: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 10
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    optimizer: NamedSpec = field(
+        default_factory=lambda: NamedSpec("AdamW", {"lr": 0.003, "weight_decay": 0.0001})
+    )
+    scheduler: NamedSpec = field(default_factory=lambda: NamedSpec("CosineAnnealingLR"))
+    loss: NamedSpec = field(default_factory=lambda: NamedSpec("CrossEntropyLoss"))
+    progress_bar: bool = True
+
+    def validate(self, key: str) -> None:
+        _positive(self.epochs, f"{key}.epochs")
+        for spec in ("optimizer", "loss"):
+            if not getattr(self, spec).name:
+                raise ParameterError(f"{key}.{spec}.name is required")
+
+
+def parse(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
+    """Build dataclass ``cls`` from a parameters mapping found under YAML key ``key``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ParameterError(f"{key} must be a mapping, got {type(data).__name__}: {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParameterError(
+            f"unknown parameter {', '.join(f'{key}.{k}' for k in unknown)}; "
+            f"valid keys under {key}: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(hints[name], data[name], f"{key}.{name}") for name in data}
+    config = cls(**values)
+    if hasattr(config, "validate"):
+        config.validate(key)
+    return config
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _coerce(inner, value, key)
+    if dataclasses.is_dataclass(hint):
+        return parse(hint, value, key)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(arg) for arg in args)
+            raise ParameterError(f"{key} must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ParameterError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ParameterError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    return _scalar(hint, value, key)
+
+
+def _scalar(hint: type, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, hint):
+        return value
+    raise ParameterError(f"{key} must be {hint.__name__}, got {type(value).__name__}: {value!r}")
+
+
+def _positive(value: int, key: str) -> None:
+    if value <= 0:
+        raise ParameterError(f"{key} must be greater than 0, got {value}")

@@ -1,0 +1,163 @@
+"""Model registry, building, and loading of pretrained weights.
+
+One place knows the model names: the project's own models in :data:`PROJECT_MODELS`
+and every name ``torchvision.models.list_models()`` returns. Weights are never
+downloaded here; pretrained tensors come in as a ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torchvision
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Wrappers add these to every key: DataParallel/DDP ("module.") and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class SmallCNN(nn.Module):
+    """A compact CNN for small images (8 to 64 px): two conv blocks and a linear head.
+
+    Global average pooling makes it independent of the input size.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, dropout: float = 0.1):
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(
+            *block(in_channels, width),
+            *block(width, width),
+            nn.MaxPool2d(2),
+            *block(width, 2 * width),
+            *block(2 * width, 2 * width),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+PROJECT_MODELS: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN}
+
+
+def available_models() -> list[str]:
+    return sorted(PROJECT_MODELS) + torchvision.models.list_models()
+
+
+def check_model_name(name: str, key: str = "model.name") -> None:
+    """Fail early, listing the valid names, when ``name`` is no known model."""
+    if name not in PROJECT_MODELS and name not in torchvision.models.list_models():
+        raise ValueError(
+            f"{key}: unknown model {name!r}. Valid names: {', '.join(available_models())}"
+        )
+
+
+def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
+    """Build a fresh model by registry name, adapted to ``in_channels`` inputs.
+
+    torchvision models are built without weights (nothing is downloaded) and,
+    for grayscale input, get a first convolution that takes one channel.
+    """
+    check_model_name(name)
+    if name in PROJECT_MODELS:
+        return PROJECT_MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    if in_channels != 3:
+        _adapt_first_conv(model, in_channels)
+    return model
+
+
+def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Replace the first Conv2d with one taking ``in_channels`` channels.
+
+    The new weights are the old ones averaged over the input channels, so a
+    pretrained RGB filter loaded later keeps its response to grey images.
+    """
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                conv = nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride,
+                    child.padding, child.dilation, child.groups, child.bias is not None,
+                    child.padding_mode,
+                )
+                with torch.no_grad():
+                    conv.weight.copy_(
+                        child.weight.mean(dim=1, keepdim=True).expand_as(conv.weight)
+                    )
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
+                setattr(parent, child_name, conv)
+                return
+    raise ValueError(f"{type(model).__name__} has no Conv2d to adapt to {in_channels} channels")
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # present in both, shapes differ
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo the key prefixes that DataParallel, DDP and torch.compile add."""
+    cleaned = {}
+    for key, tensor in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        cleaned[key] = tensor
+    return cleaned
+
+
+def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
+    """Load every tensor whose name and shape match; leave the rest as initialised.
+
+    A classifier head sized for another number of classes is skipped rather than
+    failing the whole load, which is what fine-tuning on new classes needs.
+    """
+    state_dict = strip_wrapper_prefixes(state_dict)
+    own = model.state_dict()
+    report = LoadReport()
+    matching = {}
+    for key, tensor in state_dict.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape != tensor.shape:
+            report.skipped.append(
+                f"{key} (file {tuple(tensor.shape)}, model {tuple(own[key].shape)})"
+            )
+        else:
+            matching[key] = tensor
+            report.loaded.append(key)
+    report.missing = [key for key in own if key not in state_dict]
+    if not matching:
+        raise ValueError(
+            f"no tensor of the pretrained state_dict matches {type(model).__name__}: "
+            f"{len(report.unexpected)} unknown keys, {len(report.skipped)} of another shape"
+        )
+    model.load_state_dict(matching, strict=False)
+    logger.info(
+        "Pretrained weights: %d tensors loaded, %d skipped (shape differs): %s; "
+        "%d missing (left initialised): %s; %d unexpected: %s",
+        len(report.loaded), len(report.skipped), report.skipped or "-",
+        len(report.missing), report.missing or "-",
+        len(report.unexpected), report.unexpected or "-",
+    )
+    return report

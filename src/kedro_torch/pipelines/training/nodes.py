@@ -1,0 +1,166 @@
+"""Thin Kedro nodes: parameters in, PyTorch layer called, outputs back to the catalog.
+
+Each node reads its parameter sections through :mod:`kedro_torch.config`, so a
+mistyped key fails with its YAML name. MLflow is touched only through the
+catalog and the epoch callback below.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kedro_torch import data, engine, metrics, models, optimisation, plots
+from kedro_torch.config import DataConfig, ModelConfig, TrainingConfig, parse
+from kedro_torch.distributed import is_main_process
+from kedro_torch.progress import RichProgressBar
+
+logger = logging.getLogger(__name__)
+
+
+class MlflowEpochLogger(engine.Callback):
+    """Logs each epoch's metrics to the active MLflow run as it ends (step = epoch)."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if mlflow.active_run() is not None and is_main_process():
+            mlflow.log_metrics(
+                {name: value for name, value in metrics.items() if name != "epoch"}, step=epoch
+            )
+
+
+def ingest_images(image_folder: pd.DataFrame) -> pd.DataFrame:
+    """Folder listing -> manifest of images (path, relative_path, label)."""
+    return data.manifest_from_listing(image_folder)
+
+
+def prepare_model_input(
+    manifest: pd.DataFrame, data_params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Encode labels and split train/val/test, stratified and seeded."""
+    config = parse(DataConfig, data_params, "data")
+    label_map = data.encode_labels(manifest["label"])
+    split = config.split
+    model_input = manifest.assign(
+        target=manifest["label"].map(label_map).astype("int64"),
+        split=data.stratified_split(
+            manifest["relative_path"], manifest["label"],
+            {"train": split.train, "val": split.val, "test": split.test}, split.seed,
+        ),
+    )
+    logger.info("Split sizes: %s", model_input["split"].value_counts().to_dict())
+    return model_input, label_map
+
+
+def build_dataloaders(
+    model_input: pd.DataFrame, data_params: dict[str, Any], training_params: dict[str, Any]
+) -> dict[str, DataLoader]:
+    """One DataLoader per split over lazily decoded images."""
+    config = parse(DataConfig, data_params, "data")
+    training = parse(TrainingConfig, training_params, "training")
+    transform = data.build_transform(
+        config.image_size, config.normalize.mean, config.normalize.std
+    )
+    datasets = {
+        split: data.ImageManifestDataset(
+            rows["path"].tolist(), rows["target"].tolist(), config.channels, transform
+        )
+        for split, rows in model_input.groupby("split", sort=False)
+    }
+    settings = data.LoaderSettings(
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size or 2 * config.batch_size,
+        num_workers=config.num_workers,
+        seed=training.seed,
+        pin_memory=engine.resolve_device(training.device).type == "cuda",
+    )
+    return data.build_dataloaders(datasets, settings)
+
+
+def build_model(
+    label_map: dict[str, int],
+    data_params: dict[str, Any],
+    model_params: dict[str, Any],
+    training_params: dict[str, Any],
+    pretrained_state_dict: dict[str, torch.Tensor] | None,
+) -> nn.Module:
+    """A fresh model by name, seeded, with pretrained tensors loaded where they fit."""
+    config = parse(ModelConfig, model_params, "model")
+    channels = parse(DataConfig, data_params, "data").channels
+    if config.pretrained_path and pretrained_state_dict is None:
+        raise ValueError(
+            "model.pretrained_path is set but the catalog entry 'pretrained_state_dict' "
+            "loaded nothing: pass the path at run time (--params model.pretrained_path=...) "
+            "or set the entry's filepath in conf/local/catalog.yml"
+        )
+    engine.seed_everything(parse(TrainingConfig, training_params, "training").seed)
+    model = models.build_model(config.name, len(label_map), channels, **config.kwargs)
+    if pretrained_state_dict is not None:
+        models.load_pretrained(model, pretrained_state_dict)
+    return model
+
+
+def train_model(
+    model: nn.Module,
+    dataloaders: dict[str, DataLoader],
+    training_params: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], pd.DataFrame, nn.Module]:
+    """Fit the model; return its weights, the per-epoch history and the model itself."""
+    config = parse(TrainingConfig, training_params, "training")
+    engine.seed_everything(config.seed)
+    device = engine.resolve_device(config.device)
+    optimizer = optimisation.build_optimizer(
+        model.parameters(), config.optimizer.name, config.optimizer.kwargs
+    )
+    scheduler = optimisation.build_scheduler(
+        optimizer, config.scheduler.name, config.scheduler.kwargs, config.epochs
+    )
+    loss_fn = optimisation.build_loss(config.loss.name, config.loss.kwargs)
+    callbacks = [MlflowEpochLogger()]
+    if config.progress_bar:
+        callbacks.append(RichProgressBar())
+    logger.info("Training %s on %s for %d epochs", type(model).__name__, device, config.epochs)
+    history = engine.fit(
+        model, dataloaders["train"], dataloaders.get("val"), loss_fn, optimizer, scheduler,
+        config.epochs, device, callbacks,
+    )
+    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    return state_dict, pd.DataFrame(history), model
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataloaders: dict[str, DataLoader],
+    label_map: dict[str, int],
+    history: pd.DataFrame,
+    training_params: dict[str, Any],
+) -> tuple[dict, dict, Figure, Figure, dict]:
+    """Test-split report, its MLflow metrics, the two figures and the model to log."""
+    device = engine.resolve_device(parse(TrainingConfig, training_params, "training").device)
+    class_names = sorted(label_map, key=label_map.get)
+    logits, targets = engine.predict(model, dataloaders["test"], device)
+    report = metrics.classification_report(targets, logits.argmax(dim=1), class_names)
+    logger.info("Test accuracy: %.4f", report["accuracy"])
+    test_metrics = {"test_accuracy": report["accuracy"]}
+    for name, scores in report["per_class"].items():
+        for score in ("precision", "recall", "f1"):
+            test_metrics[f"test_{score}_{name}"] = scores[score]
+    example_images, _ = next(iter(dataloaders["test"]))
+    packaged_model = {
+        "model": model.cpu().eval(),
+        "input_example": example_images[:2].numpy(),
+        "num_classes": len(class_names),
+    }
+    return (
+        report,
+        {name: {"value": value, "step": 0} for name, value in test_metrics.items()},
+        plots.confusion_matrix_figure(report["confusion_matrix"], class_names),
+        plots.learning_curve_figure(history.to_dict("records")),
+        packaged_model,
+    )

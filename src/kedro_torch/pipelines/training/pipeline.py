@@ -1,0 +1,44 @@
+from kedro.pipeline import Pipeline, node
+
+from kedro_torch.pipelines.training import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(nodes.ingest_images, "raw_images", "image_manifest", name="ingest"),
+            node(
+                nodes.prepare_model_input,
+                ["image_manifest", "params:data"],
+                ["model_input", "label_map"],
+                name="transform",
+            ),
+            node(
+                nodes.build_dataloaders,
+                ["model_input", "params:data", "params:training"],
+                "dataloaders",
+                name="build_dataloaders",
+            ),
+            node(
+                nodes.build_model,
+                ["label_map", "params:data", "params:model", "params:training",
+                 "pretrained_state_dict"],
+                "model",
+                name="build_model",
+            ),
+            node(
+                nodes.train_model,
+                ["model", "dataloaders", "params:training"],
+                ["trained_state_dict", "training_history", "trained_model"],
+                name="train",
+            ),
+            node(
+                nodes.evaluate_model,
+                ["trained_model", "dataloaders", "label_map", "training_history",
+                 "params:training"],
+                ["evaluation_report", "test_metrics", "confusion_matrix_plot",
+                 "learning_curve_plot", "mlflow_model"],
+                name="evaluate",
+            ),
+        ]
+    )
