@@ -203,6 +203,10 @@ def benchmark(repeats: int) -> None:
               f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
         for name, command in commands.items():
             print(f"{name:>5}: {' '.join(command)}")
+        load = os.getloadavg()[0]
+        print(f"load average (1 min) before the warm-up: {load:.2f}"
+              + ("  -- other processes compete for the CPUs; timings will be noisy"
+                 if load > 0.5 else ""))
         print("warm-up (untimed) ...", flush=True)
         for name, command in commands.items():
             timed(command, env, tmp_dir / f"{name}-warmup.log")
@@ -225,6 +229,7 @@ def benchmark(repeats: int) -> None:
         t.cpu_s for t in results["plain"]
     )
     print()
+    print(f"load average (1 min) after the last round: {os.getloadavg()[0]:.2f}")
     print(f"median wall, plain script : {median_plain:6.2f} s  (runs: "
           f"{', '.join(f'{t:.2f}' for t in plain)})")
     print(f"median wall, kedro run    : {median_kedro:6.2f} s  (runs: "
