@@ -85,3 +85,23 @@ def test_unknown_optimizer_stops_before_any_work(project):
     assert "Adam, AdamW" in output
     assert "Running node" not in output
     assert "has started" not in output  # no MLflow run was opened
+
+
+def test_fine_tunes_from_the_weights_of_an_earlier_run(finished_run, project, small_digits):
+    (weights,) = (project / "data/06_models/model_state_dict.pt").glob("*/model_state_dict.pt")
+    result = kedro(
+        project, "run", "--pipeline", "training", "--params",
+        f"raw_images_path={small_digits},model.pretrained_path={weights},"
+        "training.epochs=1,training.progress_bar=false",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "tensors loaded, 0 skipped" in output
+    client, _ = finished_run
+    runs = client.search_runs(
+        [client.get_experiment_by_name("kedro_torch").experiment_id],
+        order_by=["start_time DESC"],
+    )
+    assert runs[0].data.params["model.pretrained_path"] == str(weights)
+    # Starting from trained weights, one epoch already beats chance by far.
+    assert runs[0].data.metrics["test_accuracy"] > 0.5
