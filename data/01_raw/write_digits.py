@@ -14,11 +14,11 @@ from sklearn.datasets import load_digits
 
 def main(out_dir: Path = Path(__file__).parent / "digits") -> None:
     digits = load_digits()
-    for index, (image, target) in enumerate(zip(digits.images, digits.target)):
+    for index, (image, target) in enumerate(zip(digits.images, digits.target, strict=True)):
         pixels = np.rint(image * (255 / 16)).astype(np.uint8)
         class_dir = out_dir / str(target)
         class_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels, mode="L").save(class_dir / f"{index:04d}.png")
+        Image.fromarray(pixels).save(class_dir / f"{index:04d}.png")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,18 @@ state_dicts, and a PyTorch model logged to MLflow with its signature."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
+import mlflow
 import pandas as pd
 import torch
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 from kedro.io.core import get_filepath_str, get_protocol_and_path
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from kedro_torch.checkpoints import load_weights, save_atomically, state_dict_from
 
@@ -139,10 +143,6 @@ class MlflowPyTorchModelDataset(AbstractDataset[dict, None]):
         self.metadata = metadata
 
     def save(self, data: dict[str, Any]) -> None:
-        import mlflow
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
         if mlflow.active_run() is None:
             raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
         example = data["input_example"]
@@ -168,6 +168,4 @@ class MlflowPyTorchModelDataset(AbstractDataset[dict, None]):
 
 
 def _installed_requirements() -> list[str]:
-    from importlib.metadata import version
-
     return [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow")]
