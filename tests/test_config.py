@@ -125,10 +125,6 @@ def test_literal_choices_are_listed():
     assert parse(TrainingConfig, {"device": "cpu"}, "training").device == "cpu"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Literal check uses `in`, so True (== 1) and 3.0 (== 3) pass as channels",
-)
 @pytest.mark.parametrize("channels", [True, 3.0])
 def test_literal_rejects_values_only_equal_to_a_choice(channels):
     with pytest.raises(ParameterError, match=r"data\.channels"):
@@ -200,12 +196,6 @@ def test_optimizer_and_loss_need_a_name_but_scheduler_may_be_null():
     assert parse(TrainingConfig, {"scheduler": {"name": None}}, "training").scheduler.name is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: a section without its `name` key raises TypeError from NamedSpec.__init__, "
-    "not a ParameterError naming training.optimizer.name",
-)
 def test_section_without_name_key_raises_parameter_error():
     with pytest.raises(ParameterError, match=r"training\.optimizer\.name"):
         parse(TrainingConfig, {"optimizer": {"kwargs": {"lr": 0.1}}}, "training")

@@ -140,11 +140,6 @@ def test_split_refuses_a_class_too_small_for_every_split():
         stratified_split(keys, labels, FRACTIONS, seed=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a class of 1 image gets split counts [-1, 1, 1]; the -1 escapes the "
-    "`count == 0` check, so the image lands in test and train silently lacks the class",
-)
 def test_split_refuses_a_class_with_a_single_image():
     keys, labels = balanced(10, "ab")
     with pytest.raises(ValueError, match="class 'single' has 1 images"):

@@ -25,7 +25,7 @@ class ParameterError(ValueError):
 class NamedSpec:
     """A class chosen by name in a registry, with its keyword arguments."""
 
-    name: str | None
+    name: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,7 +143,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return parse(hint, value, key)
     if origin is Literal:
-        if value not in args:
+        # Compare types too: True == 1 and 3.0 == 3, but neither is a valid choice.
+        if not any(type(value) is type(arg) and value == arg for arg in args):
             choices = ", ".join(repr(arg) for arg in args)
             raise ParameterError(f"{key} must be one of {choices}, got {value!r}")
         return value

@@ -96,7 +96,7 @@ def stratified_split(
         for split, count_before, count in zip(
             SPLITS, np.cumsum([0, *counts[:-1]]), counts, strict=True
         ):
-            if count == 0 and fractions[split] > 0:
+            if count <= 0 and fractions[split] > 0:
                 raise ValueError(
                     f"class {label!r} has {len(rows)} images, too few to put at least "
                     f"one in each of train/val/test with fractions {fractions}"

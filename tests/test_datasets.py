@@ -1,0 +1,177 @@
+"""The project's custom Kedro datasets, used directly as the catalog would."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import fsspec
+import mlflow
+import pytest
+import torch
+from kedro.io import DatasetError, Version
+
+from kedro_torch.datasets import (
+    ImageFolderDataset,
+    MlflowPyTorchModelDataset,
+    TorchStateDictDataset,
+)
+
+
+def state_dict(value: float) -> dict[str, torch.Tensor]:
+    return {"fc.weight": torch.full((2, 2), value), "fc.bias": torch.zeros(2)}
+
+
+def assert_same_tensors(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(actual[key], tensor), key
+
+
+# --- ImageFolderDataset -----------------------------------------------------------
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    root = tmp_path / "images"
+    for relative in ("cat/1.png", "cat/.hidden", "dog/sub/2.jpg", "readme.txt"):
+        file = root / relative
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(relative.encode())
+    return root
+
+
+def test_image_folder_lists_every_file_with_path_and_relative_path(image_folder):
+    listing = ImageFolderDataset(path=str(image_folder)).load()
+    assert list(listing.columns) == ["path", "relative_path"]
+    # Every file, hidden ones included: choosing images is the pipeline's job.
+    assert listing["relative_path"].tolist() == [
+        "cat/.hidden", "cat/1.png", "dog/sub/2.jpg", "readme.txt",
+    ]
+    for path, relative in zip(listing["path"], listing["relative_path"], strict=True):
+        with fsspec.open(path, "rb") as file:
+            assert file.read() == relative.encode()
+
+
+def test_image_folder_accepts_a_trailing_slash(image_folder):
+    listing = ImageFolderDataset(path=f"{image_folder}/").load()
+    assert "cat/1.png" in listing["relative_path"].tolist()
+
+
+def test_image_folder_paths_keep_their_protocol():
+    """On another filesystem the listed paths are URLs fsspec can open."""
+    root = f"/kedro-torch-test-{uuid.uuid4().hex}"
+    memory = fsspec.filesystem("memory")
+    memory.pipe(f"{root}/a/x.png", b"x")
+    try:
+        listing = ImageFolderDataset(path=f"memory://{root}").load()
+        assert listing["relative_path"].tolist() == ["a/x.png"]
+        assert listing["path"].tolist() == [f"memory://{root}/a/x.png"]
+        with fsspec.open(listing["path"][0], "rb") as file:
+            assert file.read() == b"x"
+    finally:
+        memory.rm(root, recursive=True)
+
+
+def test_image_folder_missing_folder_raises(tmp_path):
+    dataset = ImageFolderDataset(path=str(tmp_path / "nowhere"))
+    assert not dataset.exists()
+    with pytest.raises(DatasetError, match="does not exist or is not a folder"):
+        dataset.load()
+
+
+def test_image_folder_that_is_a_file_raises(tmp_path):
+    file = tmp_path / "file.png"
+    file.write_bytes(b"")
+    with pytest.raises(DatasetError, match="not a folder"):
+        ImageFolderDataset(path=str(file)).load()
+
+
+def test_image_folder_is_read_only(image_folder):
+    dataset = ImageFolderDataset(path=str(image_folder))
+    assert dataset.exists()
+    listing = dataset.load()
+    with pytest.raises(DatasetError, match="read-only"):
+        dataset.save(listing)
+
+
+# --- TorchStateDictDataset ----------------------------------------------------------
+
+
+def test_state_dict_round_trip_creates_folders(tmp_path):
+    path = tmp_path / "models" / "deep" / "weights.pt"
+    dataset = TorchStateDictDataset(filepath=str(path))
+    assert not dataset.exists()
+    dataset.save(state_dict(1.5))
+    assert dataset.exists()
+    assert_same_tensors(dataset.load(), state_dict(1.5))
+    assert [p.name for p in path.parent.iterdir()] == ["weights.pt"]
+
+
+def test_state_dict_loads_from_a_checkpoint_dict(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": state_dict(2.0), "epoch": 4}, path)
+    assert_same_tensors(TorchStateDictDataset(filepath=str(path)).load(), state_dict(2.0))
+
+
+def test_state_dict_missing_file_raises(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        TorchStateDictDataset(filepath=str(tmp_path / "absent.pt")).load()
+
+
+def test_state_dict_refuses_a_file_needing_full_unpickling(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"weight": torch.ones(1), "object": DatasetError("not a tensor")}, path)
+    with pytest.raises(DatasetError, match="refused to load"):
+        TorchStateDictDataset(filepath=str(path)).load()
+
+
+def test_versioned_state_dict_saves_timestamped_versions_and_loads_the_latest(tmp_path):
+    path = tmp_path / "model.pt"
+    dataset = TorchStateDictDataset(filepath=str(path), version=Version(None, None))
+    dataset.save(state_dict(1.0))
+    time.sleep(0.01)  # versions are millisecond timestamps
+    dataset.save(state_dict(2.0))
+
+    versions = sorted(p.name for p in path.iterdir())
+    assert len(versions) == 2
+    assert all((path / version / "model.pt").is_file() for version in versions)
+    assert_same_tensors(dataset.load(), state_dict(2.0))
+    # A fresh dataset, as in the next run, also finds the latest version.
+    fresh = TorchStateDictDataset(filepath=str(path), version=Version(None, None))
+    assert_same_tensors(fresh.load(), state_dict(2.0))
+    # A pinned load version still reads the older one.
+    pinned = TorchStateDictDataset(filepath=str(path), version=Version(versions[0], None))
+    assert_same_tensors(pinned.load(), state_dict(1.0))
+
+
+def test_versioned_state_dict_without_any_version_does_not_exist(tmp_path):
+    dataset = TorchStateDictDataset(filepath=str(tmp_path / "m.pt"), version=Version(None, None))
+    assert not dataset.exists()
+
+
+@pytest.mark.parametrize("filepath", [None, ""])
+def test_state_dict_without_filepath_loads_none_and_refuses_to_save(filepath):
+    dataset = TorchStateDictDataset(filepath=filepath)
+    assert dataset.load() is None
+    assert not dataset.exists()
+    with pytest.raises(DatasetError, match="has no filepath"):
+        dataset.save(state_dict(1.0))
+
+
+# --- MlflowPyTorchModelDataset -------------------------------------------------------
+
+
+def test_mlflow_model_save_without_active_run_raises():
+    assert mlflow.active_run() is None  # precondition: nothing left a run open
+    dataset = MlflowPyTorchModelDataset(name="model")
+    data = {"model": torch.nn.Linear(2, 2), "input_example": torch.zeros(1, 2).numpy(),
+            "num_classes": 2}
+    with pytest.raises(DatasetError, match="no active MLflow run"):
+        dataset.save(data)
+    assert mlflow.active_run() is None  # and it did not start one
+
+
+def test_mlflow_model_dataset_cannot_load():
+    with pytest.raises(DatasetError, match="only logs"):
+        MlflowPyTorchModelDataset().load()
