@@ -24,8 +24,10 @@ def test_missing_sections_give_the_documented_defaults():
     training = parse(TrainingConfig, None, "training")
     assert training.epochs == 10
     assert training.device == "auto"
-    assert training.optimizer == NamedSpec("AdamW", {"lr": 0.003, "weight_decay": 0.0001})
-    assert training.scheduler == NamedSpec("CosineAnnealingLR", {})
+    assert training.optimizer.name == "AdamW"
+    assert training.optimizer.kwargs == {"lr": 0.003, "weight_decay": 0.0001}
+    assert training.optimizer.fallback == NamedSpec("AdamW", {})
+    assert (training.scheduler.name, training.scheduler.kwargs) == ("CosineAnnealingLR", {})
     assert training.loss.name == "CrossEntropyLoss"
 
 
@@ -52,8 +54,10 @@ def test_nested_sections_become_dataclasses():
          "scheduler": {"name": None}},
         "training",
     )
-    assert training.optimizer == NamedSpec("SGD", {"lr": 0.1, "momentum": 0.9})
-    assert training.scheduler == NamedSpec(None, {})
+    assert (training.optimizer.name, training.optimizer.kwargs) == (
+        "SGD", {"lr": 0.1, "momentum": 0.9}
+    )
+    assert (training.scheduler.name, training.scheduler.kwargs) == (None, {})
 
 
 def test_unknown_key_is_named_with_its_path_and_valid_keys_listed():
@@ -196,9 +200,11 @@ def test_optimizer_and_loss_need_a_name_but_scheduler_may_be_null():
     assert parse(TrainingConfig, {"scheduler": {"name": None}}, "training").scheduler.name is None
 
 
-def test_section_without_name_key_raises_parameter_error():
-    with pytest.raises(ParameterError, match=r"training\.optimizer\.name"):
-        parse(TrainingConfig, {"optimizer": {"kwargs": {"lr": 0.1}}}, "training")
+def test_section_without_name_key_keeps_the_default_name():
+    training = parse(TrainingConfig, {"optimizer": {"kwargs": {"lr": 0.1}}}, "training")
+    assert (training.optimizer.name, training.optimizer.kwargs) == ("AdamW", {"lr": 0.1})
+    with pytest.raises(ParameterError, match=r"training\.optimizer\.name is required"):
+        parse(TrainingConfig, {"optimizer": {"name": None}}, "training")
 
 
 def test_configs_are_frozen():

@@ -7,8 +7,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kedro_torch.engine import Callback, fit, predict, resolve_device, seed_everything
+from kedro_torch.engine import (
+    Callback,
+    LoopSettings,
+    Trainer,
+    predict,
+    resolve_device,
+    seed_everything,
+)
 from kedro_torch.models import SmallCNN
+from kedro_torch.optimisation import ScheduledLR
 
 CPU = torch.device("cpu")
 HISTORY_KEYS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
@@ -32,6 +40,14 @@ def loaders(seed: int = 0) -> tuple[DataLoader, DataLoader]:
                        generator=torch.Generator().manual_seed(seed))
     val = DataLoader(separable(20, seed=2), batch_size=8)
     return train, val
+
+
+def fit(model, train, val, loss_fn, optimizer, scheduler, epochs, device, callbacks=()):
+    """The plain loop: one optimizer, an optional per-epoch scheduler, no extras."""
+    schedulers = [ScheduledLR(scheduler, "epoch")] if scheduler is not None else []
+    trainer = Trainer(model, [optimizer], loss_fn, device, LoopSettings(epochs=epochs),
+                      schedulers, callbacks)
+    return trainer.fit(train, val)
 
 
 def train_once(seed: int, epochs: int = 3, callbacks=()) -> tuple[nn.Module, list[dict]]:
@@ -75,8 +91,11 @@ class Recorder(Callback):
     def __init__(self):
         self.calls = []
 
-    def on_fit_start(self, epochs, batches_per_epoch):
-        self.calls.append(("fit_start", epochs, batches_per_epoch))
+    def on_fit_start(self, epochs, batches_per_epoch, first_epoch):
+        self.calls.append(("fit_start", epochs, batches_per_epoch, first_epoch))
+
+    def on_epoch_start(self, epoch):
+        self.calls.append(("epoch_start", epoch))
 
     def on_batch_end(self):
         self.calls.append(("batch_end",))
@@ -94,9 +113,9 @@ def test_callbacks_are_called_the_right_number_of_times_in_order():
     batches = 3  # 48 samples in batches of 16
     epoch_calls = [("batch_end",)] * batches
     assert first.calls == [
-        ("fit_start", 2, batches),
-        *epoch_calls, ("epoch_end", 1, history[0]),
-        *epoch_calls, ("epoch_end", 2, history[1]),
+        ("fit_start", 2, batches, 1),
+        ("epoch_start", 1), *epoch_calls, ("epoch_end", 1, history[0]),
+        ("epoch_start", 2), *epoch_calls, ("epoch_end", 2, history[1]),
         ("fit_end",),
     ]
     assert second.calls == first.calls

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
+from kedro_torch.config import LossConfig, OptimizerConfig, SchedulerConfig
 from kedro_torch.optimisation import (
     build_loss,
-    build_optimizer,
-    build_scheduler,
+    build_optimizers,
+    build_schedulers,
     loss_classes,
     optimizer_classes,
     resolve,
@@ -18,8 +19,20 @@ from kedro_torch.optimisation import (
 )
 
 
-def parameters() -> list[nn.Parameter]:
-    return list(nn.Linear(2, 2).parameters())
+def build_optimizer(model: nn.Module, name: str, kwargs: dict) -> torch.optim.Optimizer:
+    (optimizer,) = build_optimizers(model, OptimizerConfig(name, kwargs))
+    return optimizer
+
+
+def build_scheduler(optimizer, name, kwargs, epochs):
+    """A per-epoch scheduler built the way the training node builds it."""
+    scheduled = build_schedulers([optimizer], SchedulerConfig(name, kwargs), epochs,
+                                 steps_per_epoch=1, monitor_mode="min")
+    return scheduled[0].scheduler if scheduled else None
+
+
+def parameters() -> nn.Module:
+    return nn.Linear(2, 2)
 
 
 @pytest.mark.parametrize("name", ["AdamW", "adamw", "ADAMW", "aDaMw"])
@@ -114,8 +127,8 @@ def test_unknown_scheduler_names_its_key():
 
 
 def test_build_loss_passes_kwargs():
-    loss = build_loss("crossentropyloss", {"label_smoothing": 0.1})
+    loss = build_loss(LossConfig("crossentropyloss", {"label_smoothing": 0.1}))
     assert isinstance(loss, nn.CrossEntropyLoss)
     assert loss.label_smoothing == 0.1
     with pytest.raises(ValueError, match=r"^training\.loss\.name: unknown name 'Linear'"):
-        build_loss("Linear", {})
+        build_loss(LossConfig("Linear", {}))

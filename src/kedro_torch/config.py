@@ -90,6 +90,62 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     # Read by the catalog entry `pretrained_state_dict`; kept here so it is logged.
     pretrained_path: str | None = None
+    pretrained_strict: bool = False
+    weights: str | None = None
+    freeze_backbone: bool = False
+    unfreeze_at_epoch: int | None = None
+
+    def validate(self, key: str) -> None:
+        if self.weights and self.pretrained_path:
+            raise ParameterError(
+                f"{key}.weights and {key}.pretrained_path both set: choose one source of weights"
+            )
+        if self.unfreeze_at_epoch is not None:
+            if not self.freeze_backbone:
+                raise ParameterError(f"{key}.unfreeze_at_epoch needs {key}.freeze_backbone: true")
+            _positive(self.unfreeze_at_epoch, f"{key}.unfreeze_at_epoch")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str | None = "AdamW"
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 0.003, "weight_decay": 0.0001})
+    no_weight_decay_on_norm_and_bias: bool = False
+    head_lr: float | None = None
+    # For the parameters the main optimizer cannot take (Muon: all but 2-D weights;
+    # SparseAdam: all with dense gradients).
+    fallback: NamedSpec = field(default_factory=lambda: NamedSpec("AdamW"))
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: str | None = "CosineAnnealingLR"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    interval: Literal["epoch", "step"] | None = None
+    warmup_epochs: int = 0
+    warmup_start_factor: float = 0.01
+
+    def validate(self, key: str) -> None:
+        if self.warmup_epochs < 0:
+            raise ParameterError(f"{key}.warmup_epochs must be 0 or more")
+        if not 0 < self.warmup_start_factor <= 1:
+            raise ParameterError(f"{key}.warmup_start_factor must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str | None = "CrossEntropyLoss"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    class_weights: Literal["balanced"] | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+PRECISIONS = ("32", "bf16", "16")
 
 
 @dataclass(frozen=True)
@@ -97,18 +153,51 @@ class TrainingConfig:
     epochs: int = 10
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    optimizer: NamedSpec = field(
-        default_factory=lambda: NamedSpec("AdamW", {"lr": 0.003, "weight_decay": 0.0001})
-    )
-    scheduler: NamedSpec = field(default_factory=lambda: NamedSpec("CosineAnnealingLR"))
-    loss: NamedSpec = field(default_factory=lambda: NamedSpec("CrossEntropyLoss"))
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    precision: int | str = 32
+    accumulate_grad_batches: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    ema_decay: float | None = None
+    monitor: str = "val_loss"
+    monitor_mode: Literal["auto", "min", "max"] = "auto"
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    keep_best: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    detect_anomaly: bool = False
+    nan_guard: bool = True
+    max_batches_per_epoch: int | None = None
+    resume: bool | Literal["auto"] = False
     progress_bar: bool = True
 
     def validate(self, key: str) -> None:
         _positive(self.epochs, f"{key}.epochs")
+        _positive(self.accumulate_grad_batches, f"{key}.accumulate_grad_batches")
         for spec in ("optimizer", "loss"):
             if not getattr(self, spec).name:
                 raise ParameterError(f"{key}.{spec}.name is required")
+        if str(self.precision) not in PRECISIONS:
+            raise ParameterError(
+                f"{key}.precision must be one of 32, bf16, 16, got {self.precision!r}"
+            )
+        for name in ("clip_grad_norm", "clip_grad_value", "max_batches_per_epoch"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"{key}.{name}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ParameterError(f"{key}.ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.early_stopping.patience is not None:
+            _positive(self.early_stopping.patience, f"{key}.early_stopping.patience")
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """``monitor_mode``, with ``auto`` read off the metric's name."""
+        if self.monitor_mode != "auto":
+            return self.monitor_mode
+        return "min" if "loss" in self.monitor else "max"
 
 
 def parse(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
@@ -138,8 +227,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return _coerce(inner, value, key)
+        options = [arg for arg in args if arg is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except ParameterError as error:
+                errors.append(str(error).removeprefix(f"{key} "))
+        raise ParameterError(f"{key} {' or '.join(errors)}")
     if dataclasses.is_dataclass(hint):
         return parse(hint, value, key)
     if origin is Literal:

@@ -16,7 +16,12 @@ from kedro.io.core import get_filepath_str, get_protocol_and_path
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from kedro_torch.checkpoints import load_weights, save_atomically, state_dict_from
+from kedro_torch.checkpoints import (
+    CheckpointStore,
+    load_weights,
+    save_atomically,
+    state_dict_from,
+)
 
 
 class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
@@ -169,3 +174,40 @@ class MlflowPyTorchModelDataset(AbstractDataset[dict, None]):
 
 def _installed_requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow")]
+
+
+class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):
+    """The folder where training writes a checkpoint every epoch.
+
+    Loads a :class:`~kedro_torch.checkpoints.CheckpointStore` for the train node
+    to write to and resume from: checkpoints are written during the node, so the
+    catalog hands over the place rather than receiving a finished object.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        protocol, directory = get_protocol_and_path(str(path))
+        fs_args = dict(fs_args or {})
+        if protocol == "file":
+            fs_args.setdefault("auto_mkdir", True)
+        self._fs = fsspec.filesystem(protocol, **(credentials or {}), **fs_args)
+        self._directory = directory
+        self.metadata = metadata
+
+    def load(self) -> CheckpointStore:
+        return CheckpointStore(self._directory, self._fs)
+
+    def save(self, data: CheckpointStore) -> None:
+        raise DatasetError(f"{type(self).__name__} is written through the store it loads")
+
+    def _exists(self) -> bool:
+        return self._fs.exists(f"{self._directory.rstrip('/')}/last.pt")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._directory}

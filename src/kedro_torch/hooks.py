@@ -25,15 +25,16 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> None:
         models.check_model_name(configs["model"].name)
     if "training" in configs:
         training = configs["training"]
-        optimisation.resolve(
-            training.optimizer.name, optimisation.optimizer_classes(), "training.optimizer.name"
-        )
-        if training.scheduler.name is not None:
-            optimisation.resolve(
-                training.scheduler.name, optimisation.scheduler_classes(),
-                "training.scheduler.name",
-            )
-        optimisation.resolve(training.loss.name, optimisation.loss_classes(), "training.loss.name")
+        names = [
+            (training.optimizer.name, optimisation.optimizer_classes(), "optimizer.name"),
+            (training.optimizer.fallback.name, optimisation.optimizer_classes(),
+             "optimizer.fallback.name"),
+            (training.scheduler.name, optimisation.scheduler_classes(), "scheduler.name"),
+            (training.loss.name, optimisation.loss_classes(), "loss.name"),
+        ]
+        for name, registry, key in names:
+            if name is not None:
+                optimisation.resolve(name, registry, f"training.{key}")
 
 
 class ParameterValidationHook:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.error import URLError
 
 import torch
 import torchvision
@@ -19,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 # Wrappers add these to every key: DataParallel/DDP ("module.") and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Where torchvision models and SmallCNN keep their classifier head.
+HEAD_MODULE_NAMES = ("fc", "classifier", "head", "heads")
 
 
 class SmallCNN(nn.Module):
@@ -126,11 +129,58 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     return cleaned
 
 
-def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the classifier head's parameters.
+
+    The head is the first of ``fc``, ``classifier``, ``head``, ``heads`` that the
+    model has (torchvision's conventions), else the last module holding parameters.
+    """
+    for name in HEAD_MODULE_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+            return {f"{name}.{n}" for n, _ in module.named_parameters()}
+    last_name, last = "", model
+    for name, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            last_name, last = name, module
+    prefix = f"{last_name}." if last_name else ""
+    return {prefix + n for n, _ in last.named_parameters(recurse=False)}
+
+
+def torchvision_weights(name: str, weights: str, key: str = "model.weights") -> dict:
+    """Download (or take from torch's hub cache) the state_dict of torchvision weights.
+
+    Only for users who are online; loading is ``weights_only=True`` like every
+    other load in the project.
+    """
+    if name not in torchvision.models.list_models():
+        raise ValueError(f"{key}: torchvision has no weights for {name!r}, which is not a "
+                         "torchvision model")
+    enum = torchvision.models.get_model_weights(name)
+    choices = ["DEFAULT", *(member.name for member in enum)]
+    if weights not in choices:
+        raise ValueError(f"{key}: {name} has no weights {weights!r}. Valid: {', '.join(choices)}")
+    chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    try:
+        return torch.hub.load_state_dict_from_url(
+            chosen.url, progress=False, check_hash=True, weights_only=True
+        )
+    except (URLError, OSError) as error:
+        raise RuntimeError(
+            f"{key}: could not download {chosen} from {chosen.url}: {error}. This needs network "
+            "access. On an offline machine, download the file elsewhere and pass it with "
+            "model.pretrained_path instead."
+        ) from error
+
+
+def load_pretrained(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False
+) -> LoadReport:
     """Load every tensor whose name and shape match; leave the rest as initialised.
 
     A classifier head sized for another number of classes is skipped rather than
-    failing the whole load, which is what fine-tuning on new classes needs.
+    failing the whole load, which is what fine-tuning on new classes needs. With
+    ``strict``, anything skipped, missing or unexpected is an error instead.
     """
     state_dict = strip_wrapper_prefixes(state_dict)
     own = model.state_dict()
@@ -151,6 +201,12 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
         raise ValueError(
             f"no tensor of the pretrained state_dict matches {type(model).__name__}: "
             f"{len(report.unexpected)} unknown keys, {len(report.skipped)} of another shape"
+        )
+    if strict and (report.skipped or report.missing or report.unexpected):
+        raise ValueError(
+            "model.pretrained_strict: the pretrained state_dict does not match "
+            f"{type(model).__name__} exactly: skipped (shape differs) {report.skipped or '-'}; "
+            f"missing {report.missing or '-'}; unexpected {report.unexpected or '-'}"
         )
     model.load_state_dict(matching, strict=False)
     logger.info(

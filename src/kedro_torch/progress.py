@@ -34,9 +34,11 @@ class RichProgressBar(Callback):
         )
         self._epochs = self._batches = None
 
-    def on_fit_start(self, epochs: int, batches_per_epoch: int) -> None:
+    def on_fit_start(self, epochs: int, batches_per_epoch: int, first_epoch: int) -> None:
         self._progress.start()
-        self._epochs = self._progress.add_task("epochs", total=epochs, metrics="")
+        self._epochs = self._progress.add_task(
+            "epochs", total=epochs, completed=first_epoch - 1, metrics=""
+        )
         self._batches = self._progress.add_task(
             "batches", total=batches_per_epoch, metrics=""
         )

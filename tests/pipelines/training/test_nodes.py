@@ -9,7 +9,7 @@ from kedro_datasets.pandas import CSVDataset
 from matplotlib.figure import Figure
 
 from kedro_torch.config import ParameterError
-from kedro_torch.datasets import ImageFolderDataset
+from kedro_torch.datasets import CheckpointDirectoryDataset, ImageFolderDataset
 from kedro_torch.pipelines.training import create_pipeline, nodes
 
 DATA = {
@@ -91,7 +91,7 @@ def test_nodes_name_the_yaml_key_of_a_bad_parameter(model_input):
     with pytest.raises(ParameterError, match=r"data\.batch_size must be int"):
         nodes.build_dataloaders(model_input[0], {**DATA, "batch_size": "64"}, TRAINING)
     with pytest.raises(ParameterError, match=r"unknown parameter training\.epoch\b"):
-        nodes.train_model(None, {}, {"epoch": 3})
+        nodes.train_model(None, {}, None, {"epoch": 3}, MODEL)
 
 
 def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
@@ -100,6 +100,7 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
             "raw_images": ImageFolderDataset(path=str(small_digits)),
             # Persisted, because the runner releases in-memory intermediates.
             "training_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
+            "training_checkpoints": CheckpointDirectoryDataset(path=str(tmp_path / "ckpt")),
             "pretrained_state_dict": MemoryDataset(None),
             "params:data": MemoryDataset(DATA),
             "params:model": MemoryDataset(MODEL),
@@ -119,5 +120,6 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     assert isinstance(catalog.load("confusion_matrix_plot"), Figure)
     state_dict = catalog.load("trained_state_dict")
     assert all(t.device.type == "cpu" for t in state_dict.values())
+    assert (tmp_path / "ckpt" / "last.pt").exists()
     packaged = catalog.load("mlflow_model")
     assert packaged["input_example"].shape == (2, 1, 8, 8)

@@ -8,6 +8,7 @@ catalog and the epoch callback below.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import mlflow
@@ -18,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from kedro_torch import data, engine, metrics, models, optimisation, plots
+from kedro_torch.checkpoints import CheckpointStore
 from kedro_torch.config import DataConfig, ModelConfig, TrainingConfig, parse
 from kedro_torch.distributed import is_main_process
 from kedro_torch.progress import RichProgressBar
@@ -26,13 +28,21 @@ logger = logging.getLogger(__name__)
 
 
 class MlflowEpochLogger(engine.Callback):
-    """Logs each epoch's metrics to the active MLflow run as it ends (step = epoch)."""
+    """Logs each epoch's metrics to the active MLflow run as it ends (step = epoch).
+
+    Logging is asynchronous so the store's latency never holds up training; the
+    queue is flushed when training ends.
+    """
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if mlflow.active_run() is not None and is_main_process():
             mlflow.log_metrics(
-                {name: value for name, value in metrics.items() if name != "epoch"}, step=epoch
+                {name: value for name, value in metrics.items() if name != "epoch"},
+                step=epoch, synchronous=False,
             )
+
+    def on_fit_end(self) -> None:
+        mlflow.flush_async_logging()
 
 
 def ingest_images(image_folder: pd.DataFrame) -> pd.DataFrame:
@@ -99,39 +109,65 @@ def build_model(
             "loaded nothing: pass the path at run time (--params model.pretrained_path=...) "
             "or set the entry's filepath in conf/local/catalog.yml"
         )
+    if config.weights:
+        pretrained_state_dict = models.torchvision_weights(config.name, config.weights)
     engine.seed_everything(parse(TrainingConfig, training_params, "training").seed)
     model = models.build_model(config.name, len(label_map), channels, **config.kwargs)
     if pretrained_state_dict is not None:
-        models.load_pretrained(model, pretrained_state_dict)
+        models.load_pretrained(model, pretrained_state_dict, strict=config.pretrained_strict)
     return model
 
 
 def train_model(
     model: nn.Module,
     dataloaders: dict[str, DataLoader],
+    checkpoints: CheckpointStore,
     training_params: dict[str, Any],
+    model_params: dict[str, Any],
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame, nn.Module]:
-    """Fit the model; return its weights, the per-epoch history and the model itself."""
+    """Fit the model; return the weights to keep, the per-epoch history and the model.
+
+    The weights kept are the EMA's when EMA is on, and the best epoch's when early
+    stopping or ``keep_best`` is on.
+    """
     config = parse(TrainingConfig, training_params, "training")
+    model_config = parse(ModelConfig, model_params, "model")
     engine.seed_everything(config.seed)
     device = engine.resolve_device(config.device)
-    optimizer = optimisation.build_optimizer(
-        model.parameters(), config.optimizer.name, config.optimizer.kwargs
+    train_loader, val_loader = dataloaders["train"], dataloaders.get("val")
+    settings = engine.LoopSettings(
+        epochs=config.epochs, precision=str(config.precision),
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        clip_grad_norm=config.clip_grad_norm, clip_grad_value=config.clip_grad_value,
+        ema_decay=config.ema_decay, monitor=config.monitor, monitor_mode=config.mode,
+        early_stopping_patience=config.early_stopping.patience,
+        min_delta=config.early_stopping.min_delta, keep_best=config.keep_best,
+        channels_last=config.channels_last, compile=config.compile,
+        deterministic=config.deterministic, detect_anomaly=config.detect_anomaly,
+        nan_guard=config.nan_guard, max_batches_per_epoch=config.max_batches_per_epoch,
     )
-    scheduler = optimisation.build_scheduler(
-        optimizer, config.scheduler.name, config.scheduler.kwargs, config.epochs
+    optimizers = optimisation.build_optimizers(model, config.optimizer)
+    batches = min(len(train_loader), config.max_batches_per_epoch or len(train_loader))
+    schedulers = optimisation.build_schedulers(
+        optimizers, config.scheduler, config.epochs,
+        steps_per_epoch=math.ceil(batches / config.accumulate_grad_batches),
+        monitor_mode=config.mode,
     )
-    loss_fn = optimisation.build_loss(config.loss.name, config.loss.kwargs)
-    callbacks = [MlflowEpochLogger()]
+    loss_fn = optimisation.build_loss(config.loss, getattr(train_loader.dataset, "targets", None))
+    callbacks: list[engine.Callback] = [MlflowEpochLogger()]
     if config.progress_bar:
         callbacks.append(RichProgressBar())
+    if model_config.freeze_backbone:
+        callbacks.append(engine.FreezeBackbone(
+            model, models.head_parameter_names(model), model_config.unfreeze_at_epoch
+        ))
+    trainer = engine.Trainer(model, optimizers, loss_fn, device, settings, schedulers, callbacks,
+                             checkpoints)
     logger.info("Training %s on %s for %d epochs", type(model).__name__, device, config.epochs)
-    history = engine.fit(
-        model, dataloaders["train"], dataloaders.get("val"), loss_fn, optimizer, scheduler,
-        config.epochs, device, callbacks,
-    )
-    state_dict = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    return state_dict, pd.DataFrame(history), model
+    history = trainer.fit(train_loader, val_loader, resume=config.resume)
+    trained = trainer.eval_model
+    state_dict = {name: tensor.detach().cpu() for name, tensor in trained.state_dict().items()}
+    return state_dict, pd.DataFrame(history), trained
 
 
 def evaluate_model(

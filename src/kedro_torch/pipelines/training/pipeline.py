@@ -28,7 +28,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.train_model,
-                ["model", "dataloaders", "params:training"],
+                ["model", "dataloaders", "training_checkpoints", "params:training",
+                 "params:model"],
                 ["trained_state_dict", "training_history", "trained_model"],
                 name="train",
             ),
