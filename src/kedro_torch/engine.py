@@ -354,9 +354,14 @@ class Trainer:
             self.scaler.unscale_(optimizer)
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         if self.settings.clip_grad_value is not None:
-            nn.utils.clip_grad_value_(parameters, self.settings.clip_grad_value)
+            value = self.settings.clip_grad_value
+            nn.utils.clip_grad_value_([p for p in parameters if not p.grad.is_sparse], value)
+            for parameter in parameters:  # sparse embeddings (SparseAdam): clamp_ has no kernel
+                if parameter.grad.is_sparse:
+                    parameter.grad = parameter.grad.coalesce()  # sum repeated rows first
+                    parameter.grad.values().clamp_(-value, value)
         if self.settings.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(parameters, self.settings.clip_grad_norm)
+            _clip_grad_norm(parameters, self.settings.clip_grad_norm)
 
     def _after_optimizer_step(self) -> None:
         if self.ema is not None:
@@ -441,6 +446,7 @@ class Trainer:
         """Everything needed to continue this run exactly where it stands."""
         return {
             "epoch": self.state.epoch,
+            "planned_epochs": self.settings.epochs,
             "history": self.state.history,
             "best_metric": self.state.best_metric,
             "best_epoch": self.state.best_epoch,
@@ -464,6 +470,7 @@ class Trainer:
                 )
             logger.info("training.resume: auto, and no checkpoint in %s: starting afresh", where)
             return
+        self._check_schedule_length(state["planned_epochs"])
         self.model.load_state_dict(state["model"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
@@ -478,6 +485,40 @@ class Trainer:
         self.state = TrainState(state["epoch"], list(state["history"]), state["best_metric"],
                                 state["best_epoch"], state["stale_epochs"])
         logger.info("Resumed from %s after epoch %d", self.checkpoints, self.state.epoch)
+
+
+    def _check_schedule_length(self, planned_epochs: int) -> None:
+        """A resumed scheduler keeps the length it was built with; say so when it matters."""
+        if planned_epochs == self.settings.epochs or not self.schedulers:
+            return
+        names = {type(s.scheduler).__name__ for s in self.schedulers}
+        if "OneCycleLR" in names and self.settings.epochs > planned_epochs:
+            raise ValueError(
+                f"training.epochs: the checkpoint's OneCycleLR was sized for {planned_epochs} "
+                f"epochs and cannot run {self.settings.epochs}; resume with training.epochs "
+                f"<= {planned_epochs}, or start afresh (training.resume: false)"
+            )
+        logger.warning(
+            "Resuming a run planned for %d epochs with training.epochs=%d: %s keep the "
+            "schedule of the run that started (lengths such as T_max are not rescaled)",
+            planned_epochs, self.settings.epochs, ", ".join(sorted(names)),
+        )
+
+
+def _clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_``, also for the sparse gradients of sparse embeddings
+    (SparseAdam), whose norm older torch versions (2.11, say) cannot take."""
+    if not any(p.grad.is_sparse for p in parameters):
+        nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    for parameter in parameters:
+        if parameter.grad.is_sparse:
+            parameter.grad = parameter.grad.coalesce()  # sum repeated rows first
+    grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.mul_(scale)
 
 
 def _sampler_generators(loader: DataLoader) -> list[torch.Generator]:

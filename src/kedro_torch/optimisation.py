@@ -301,7 +301,8 @@ def import_callable(path: Any, key: str) -> Callable:
 
 
 def build_loss(
-    config: LossConfig, train_targets: torch.Tensor | None = None, key: str = "training.loss"
+    config: LossConfig, train_targets: torch.Tensor | None = None,
+    num_classes: int | None = None, key: str = "training.loss",
 ) -> nn.Module:
     """The loss named in ``config``; ``class_weights: balanced`` weighs each class by
     the inverse of its share of the training targets."""
@@ -312,14 +313,21 @@ def build_loss(
             raise ValueError(f"{key}.class_weights: {cls.__name__} takes no class weights")
         if train_targets is None:
             raise ValueError(f"{key}.class_weights: balanced weights need the training targets")
-        kwargs["weight"] = balanced_class_weights(train_targets)
+        kwargs["weight"] = balanced_class_weights(train_targets, num_classes)
     return _construct(cls, f"{key}.kwargs", **kwargs)
 
 
-def balanced_class_weights(targets: torch.Tensor) -> torch.Tensor:
-    """``n_samples / (n_classes * count)`` per class, as scikit-learn's "balanced"."""
-    counts = torch.bincount(torch.as_tensor(targets, dtype=torch.long))
+def balanced_class_weights(
+    targets: torch.Tensor, num_classes: int | None = None
+) -> torch.Tensor:
+    """``n_samples / (n_classes * count)`` per class, as scikit-learn's "balanced".
+
+    ``num_classes`` counts the classes the model predicts; without it, the largest
+    target decides, and a class above every training target would go unnoticed.
+    """
+    counts = torch.bincount(torch.as_tensor(targets, dtype=torch.long),
+                            minlength=num_classes or 0)
     if (counts == 0).any():
-        missing = torch.flatnonzero(counts == 0).tolist()
+        missing = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"class indices {missing} have no training example to weigh")
     return (counts.sum() / (len(counts) * counts.double())).float()

@@ -91,7 +91,7 @@ def test_nodes_name_the_yaml_key_of_a_bad_parameter(model_input):
     with pytest.raises(ParameterError, match=r"data\.batch_size must be int"):
         nodes.build_dataloaders(model_input[0], {**DATA, "batch_size": "64"}, TRAINING)
     with pytest.raises(ParameterError, match=r"unknown parameter training\.epoch\b"):
-        nodes.train_model(None, {}, None, {"epoch": 3}, MODEL)
+        nodes.train_model(None, {}, None, {}, {"epoch": 3}, MODEL)
 
 
 def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):

@@ -122,6 +122,7 @@ def train_model(
     model: nn.Module,
     dataloaders: dict[str, DataLoader],
     checkpoints: CheckpointStore,
+    label_map: dict[str, int],
     training_params: dict[str, Any],
     model_params: dict[str, Any],
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame, nn.Module]:
@@ -153,7 +154,9 @@ def train_model(
         steps_per_epoch=math.ceil(batches / config.accumulate_grad_batches),
         monitor_mode=config.mode,
     )
-    loss_fn = optimisation.build_loss(config.loss, getattr(train_loader.dataset, "targets", None))
+    loss_fn = optimisation.build_loss(
+        config.loss, getattr(train_loader.dataset, "targets", None), len(label_map)
+    )
     callbacks: list[engine.Callback] = [MlflowEpochLogger()]
     if config.progress_bar:
         callbacks.append(RichProgressBar())

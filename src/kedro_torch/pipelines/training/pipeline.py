@@ -28,8 +28,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.train_model,
-                ["model", "dataloaders", "training_checkpoints", "params:training",
-                 "params:model"],
+                ["model", "dataloaders", "training_checkpoints", "label_map",
+                 "params:training", "params:model"],
                 ["trained_state_dict", "training_history", "trained_model"],
                 name="train",
             ),
