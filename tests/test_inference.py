@@ -53,7 +53,7 @@ def test_spec_refuses_weights_of_another_architecture():
 
 
 def test_paths_predicted_and_unreadable_files_reported_by_position(classifier, images):
-    predictions, failures = classifier.predict_paths(images, top_k=2)
+    predictions, failures = classifier.predict_paths(images, top_k=2, batch_size=1)
     assert predictions.index.tolist() == [0, 2]
     assert predictions["path"].tolist() == [images[0], images[2]]
     assert set(predictions["label"]) <= set(LABEL_MAP)
@@ -115,3 +115,10 @@ def test_image_files_keeps_images_at_any_depth():
                                               ".git/d.png"]})
     listing["path"] = "/root/" + listing["relative_path"]
     assert image_files(listing)["relative_path"].tolist() == ["a.png", "x/y/b.JPG"]
+
+
+def test_a_folder_of_nothing_but_broken_files_gives_an_empty_table(classifier, images):
+    predictions, failures = classifier.predict_paths([images[1], images[3]], top_k=2)
+    assert predictions.empty
+    assert {"path", "label", "probability"} <= set(predictions.columns)
+    assert len(failures) == 2

@@ -178,10 +178,10 @@ class MlflowImageClassifierDataset(AbstractDataset[dict, None]):
         self.metadata = metadata
 
     def save(self, data: dict[str, Any]) -> None:
-        if mlflow.active_run() is None:
-            raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
         if not is_main_process():
             return
+        if mlflow.active_run() is None:
+            raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
         registered_name = data["registered_model_name"]
         info = mlflow_model.log_image_classifier(
             self._name, data["state_dict"], ModelSpec.from_dict(data["model_spec"]),

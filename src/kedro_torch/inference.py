@@ -156,24 +156,31 @@ class ImageClassifier:
 
         Both tables are indexed by the path's position in ``paths``, so a caller
         can put them back in input order. A broken file is reported, never fatal.
+        Files are decoded one batch at a time, so memory does not grow with the
+        number of files.
         """
-        images, good, failures = [], [], []
-        for position, path in enumerate(paths):
-            try:
-                images.append(data.load_image(path, self.spec.mode))
-                good.append(position)
-            except Image.UnidentifiedImageError:
-                failures.append({"position": position, "path": path,
-                                 "error": "not an image file PIL can decode"})
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                failures.append({"position": position, "path": path,
-                                 "error": f"{type(error).__name__}: {error}"})
-        predictions = self.predict_images(images, top_k, batch_size)
-        predictions.index = pd.Index(good, name="position")
-        predictions.insert(0, "path", [paths[i] for i in good])
+        tables, failures = [], []
+        for start in range(0, len(paths), batch_size):
+            images, positions = [], []
+            for position in range(start, min(start + batch_size, len(paths))):
+                try:
+                    images.append(data.load_image(paths[position], self.spec.mode))
+                    positions.append(position)
+                except Image.UnidentifiedImageError:
+                    failures.append((position, paths[position],
+                                     "not an image file PIL can decode"))
+                except (OSError, ValueError, Image.DecompressionBombError) as error:
+                    failures.append((position, paths[position],
+                                     f"{type(error).__name__}: {error}"))
+            if images:
+                table = self.predict_images(images, top_k, batch_size)
+                table.index = pd.Index(positions, name="position")
+                tables.append(table)
+        for _, path, error in failures:
+            logger.warning("Could not read %s: %s", path, error)
+        predictions = pd.concat(tables) if tables else self.predict_images([], top_k)
+        predictions.insert(0, "path", [paths[i] for i in predictions.index])
         failed = pd.DataFrame(failures, columns=["position", "path", "error"])
-        for failure in failures:
-            logger.warning("Could not read %s: %s", failure["path"], failure["error"])
         return predictions, failed.set_index("position")
 
 
