@@ -69,8 +69,8 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
 
 
 class _TorchFileDataset(AbstractVersionedDataset):
-    """A versioned file written by a torch serialiser: atomically (temporary file, then
-    rename), and by rank 0 only."""
+    """A versioned file written by a torch serialiser, atomically (temporary file, then
+    rename), so a crash never leaves a half-written file where a good one was."""
 
     def __init__(
         self,
@@ -109,8 +109,6 @@ class _TorchFileDataset(AbstractVersionedDataset):
             return self._read(file, load_path)
 
     def save(self, data: Any) -> None:
-        if not is_main_process():
-            return
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
         _write_atomically(save_path, self._fs, lambda file: self._write(data, file))
         self._fs.invalidate_cache(save_path)
