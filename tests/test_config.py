@@ -8,6 +8,10 @@ import pytest
 
 from kedro_torch.config import (
     DataConfig,
+    EvaluationConfig,
+    ExportConfig,
+    InferenceConfig,
+    MlflowConfig,
     ModelConfig,
     NamedSpec,
     NormalizeConfig,
@@ -211,3 +215,40 @@ def test_configs_are_frozen():
     config = parse(TrainingConfig, {}, "training")
     with pytest.raises(AttributeError):
         config.epochs = 3
+
+
+def test_evaluation_mlflow_inference_export_defaults():
+    assert parse(EvaluationConfig, None, "evaluation") == EvaluationConfig(
+        top_k=3, calibration_bins=10, gallery_size=8
+    )
+    assert parse(MlflowConfig, None, "mlflow").registered_model_name == "kedro_torch"
+    assert parse(InferenceConfig, None, "inference") == InferenceConfig(top_k=3, batch_size=64)
+    assert parse(ExportConfig, None, "export") == ExportConfig(batch_sizes=[1, 7],
+                                                               tolerance=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "data", "message"),
+    [
+        (EvaluationConfig, "evaluation", {"top_k": 0}, "evaluation.top_k must be greater than 0"),
+        (EvaluationConfig, "evaluation", {"bins": 5}, "unknown parameter evaluation.bins"),
+        (MlflowConfig, "mlflow", {"registered_model_name": " "},
+         "mlflow.registered_model_name must not be empty"),
+        (MlflowConfig, "mlflow", {"system_metrics_interval": -1},
+         "mlflow.system_metrics_interval must be greater than 0"),
+        (InferenceConfig, "inference", {"batch_size": "64"}, "inference.batch_size must be int"),
+        (ExportConfig, "export", {"batch_sizes": [1, 0]},
+         "export.batch_sizes[1] must be greater than 0"),
+        (ExportConfig, "export", {"batch_sizes": []}, "export.batch_sizes needs at least one"),
+        (ExportConfig, "export", {"tolerance": -0.1}, "export.tolerance must be 0 or more"),
+    ],
+)
+def test_new_sections_name_the_key_of_a_bad_value(cls, key, data, message):
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        parse(cls, data, key)
+
+
+def test_system_metrics_can_be_switched_off():
+    assert parse(MlflowConfig, {"system_metrics_interval": None}, "mlflow") == MlflowConfig(
+        system_metrics_interval=None
+    )

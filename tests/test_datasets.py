@@ -12,8 +12,10 @@ import torch
 from kedro.io import DatasetError, Version
 
 from kedro_torch.datasets import (
+    ExportedProgramDataset,
     ImageFolderDataset,
-    MlflowPyTorchModelDataset,
+    MlflowImageClassifierDataset,
+    TorchScriptDataset,
     TorchStateDictDataset,
 )
 
@@ -159,19 +161,40 @@ def test_state_dict_without_filepath_loads_none_and_refuses_to_save(filepath):
         dataset.save(state_dict(1.0))
 
 
-# --- MlflowPyTorchModelDataset -------------------------------------------------------
+# --- MlflowImageClassifierDataset ---------------------------------------------------
 
 
 def test_mlflow_model_save_without_active_run_raises():
     assert mlflow.active_run() is None  # precondition: nothing left a run open
-    dataset = MlflowPyTorchModelDataset(name="model")
-    data = {"model": torch.nn.Linear(2, 2), "input_example": torch.zeros(1, 2).numpy(),
-            "num_classes": 2}
+    dataset = MlflowImageClassifierDataset(name="model")
     with pytest.raises(DatasetError, match="no active MLflow run"):
-        dataset.save(data)
+        dataset.save({"state_dict": state_dict(1.0)})
     assert mlflow.active_run() is None  # and it did not start one
 
 
 def test_mlflow_model_dataset_cannot_load():
     with pytest.raises(DatasetError, match="only logs"):
-        MlflowPyTorchModelDataset().load()
+        MlflowImageClassifierDataset().load()
+
+
+# --- TorchScriptDataset, ExportedProgramDataset -------------------------------------
+
+
+def test_exports_round_trip_as_versions_leaving_no_temporary_file(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2)).eval()
+    example = torch.randn(4, 3)
+    cases = [
+        (TorchScriptDataset, "model.pt", torch.jit.script(model), lambda loaded: loaded),
+        (ExportedProgramDataset, "model.pt2",
+         torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("b")},)),
+         lambda loaded: loaded.module()),
+    ]
+    for cls, name, exported, as_callable in cases:
+        path = tmp_path / name
+        dataset = cls(filepath=str(path), version=Version(None, None))
+        assert not dataset.exists()
+        dataset.save(exported)
+        assert dataset.exists()
+        (version,) = path.iterdir()
+        assert [f.name for f in version.iterdir()] == [name]
+        torch.testing.assert_close(as_callable(dataset.load())(example), model(example))

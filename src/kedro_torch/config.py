@@ -200,6 +200,7 @@ class TrainingConfig:
         return "min" if "loss" in self.monitor else "max"
 
 
+
 def parse(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
     """Build dataclass ``cls`` from a parameters mapping found under YAML key ``key``."""
     if data is None:
@@ -274,3 +275,50 @@ def _scalar(hint: type, value: Any, key: str) -> Any:
 def _positive(value: int, key: str) -> None:
     if value <= 0:
         raise ParameterError(f"{key} must be greater than 0, got {value}")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    top_k: int = 3
+    calibration_bins: int = 10
+    gallery_size: int = 8
+
+    def validate(self, key: str) -> None:
+        for name in ("top_k", "calibration_bins", "gallery_size"):
+            _positive(getattr(self, name), f"{key}.{name}")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    registered_model_name: str = "kedro_torch"
+    system_metrics_interval: float | None = 5.0
+
+    def validate(self, key: str) -> None:
+        if not self.registered_model_name.strip():
+            raise ParameterError(f"{key}.registered_model_name must not be empty")
+        if self.system_metrics_interval is not None:
+            _positive(self.system_metrics_interval, f"{key}.system_metrics_interval")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    top_k: int = 3
+    batch_size: int = 64
+
+    def validate(self, key: str) -> None:
+        _positive(self.top_k, f"{key}.top_k")
+        _positive(self.batch_size, f"{key}.batch_size")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 7])
+    tolerance: float = 1e-5
+
+    def validate(self, key: str) -> None:
+        if not self.batch_sizes:
+            raise ParameterError(f"{key}.batch_sizes needs at least one batch size")
+        for i, size in enumerate(self.batch_sizes):
+            _positive(size, f"{key}.batch_sizes[{i}]")
+        if self.tolerance < 0:
+            raise ParameterError(f"{key}.tolerance must be 0 or more, got {self.tolerance}")

@@ -1,11 +1,14 @@
 """Kedro datasets for what kedro-datasets has no entry for: image folders, torch
-state_dicts, and a PyTorch model logged to MLflow with its signature."""
+state_dicts, TorchScript modules and torch.export programs, and the classifier
+logged to MLflow and its model registry."""
 
 from __future__ import annotations
 
-from importlib.metadata import version
+import abc
+import os
+from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 import mlflow
@@ -13,15 +16,13 @@ import pandas as pd
 import torch
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 from kedro.io.core import get_filepath_str, get_protocol_and_path
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
+from mlflow import MlflowClient
+from torch.export import ExportedProgram
 
-from kedro_torch.checkpoints import (
-    CheckpointStore,
-    load_weights,
-    save_atomically,
-    state_dict_from,
-)
+from kedro_torch import mlflow_model
+from kedro_torch.checkpoints import CheckpointStore, load_weights, state_dict_from
+from kedro_torch.distributed import is_main_process
+from kedro_torch.inference import ModelSpec
 
 
 class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
@@ -67,25 +68,20 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
         return {"path": self._root, "protocol": self._protocol}
 
 
-class TorchStateDictDataset(AbstractVersionedDataset[dict, dict]):
-    """A ``state_dict`` saved with ``torch.save``, loaded with ``weights_only=True``.
-
-    Saves are atomic (temporary file, then rename). ``filepath: null`` makes an
-    optional input that loads as ``None``, which is how "no pretrained weights" is
-    expressed in the catalog.
-    """
+class _TorchFileDataset(AbstractVersionedDataset):
+    """A versioned file written by a torch serialiser, atomically (temporary file, then
+    rename), so a crash never leaves a half-written file where a good one was."""
 
     def __init__(
         self,
         *,
-        filepath: str | None,
+        filepath: str,
         version: Version | None = None,
         credentials: dict[str, Any] | None = None,
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ):
-        self._optional = not filepath
-        protocol, path = get_protocol_and_path(str(filepath or ""), version)
+        protocol, path = get_protocol_and_path(str(filepath), version)
         self._protocol = protocol
         fs_args = dict(fs_args or {})
         if protocol == "file":
@@ -99,25 +95,25 @@ class TorchStateDictDataset(AbstractVersionedDataset[dict, dict]):
             glob_function=self._fs.glob,
         )
 
-    def load(self) -> dict[str, torch.Tensor] | None:
-        if self._optional:
-            return None
+    @abc.abstractmethod
+    def _read(self, file: IO[bytes], path: str) -> Any: ...
+
+    @abc.abstractmethod
+    def _write(self, data: Any, file: IO[bytes]) -> None: ...
+
+    def load(self) -> Any:
         load_path = get_filepath_str(self._get_load_path(), self._protocol)
         if not self._fs.exists(load_path):
-            raise DatasetError(f"state_dict file {load_path!r} does not exist")
+            raise DatasetError(f"file {load_path!r} does not exist")
         with self._fs.open(load_path, "rb") as file:
-            return state_dict_from(load_weights(file, load_path), load_path)
+            return self._read(file, load_path)
 
-    def save(self, data: dict[str, torch.Tensor]) -> None:
-        if self._optional:
-            raise DatasetError("cannot save a state_dict: this catalog entry has no filepath")
+    def save(self, data: Any) -> None:
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
-        save_atomically(data, save_path, self._fs)
+        _write_atomically(save_path, self._fs, lambda file: self._write(data, file))
         self._fs.invalidate_cache(save_path)
 
     def _exists(self) -> bool:
-        if self._optional:
-            return False
         try:
             return self._fs.exists(get_filepath_str(self._get_load_path(), self._protocol))
         except DatasetError:
@@ -127,41 +123,74 @@ class TorchStateDictDataset(AbstractVersionedDataset[dict, dict]):
         return {"filepath": self._filepath, "protocol": self._protocol, "version": self._version}
 
 
-class MlflowPyTorchModelDataset(AbstractDataset[dict, None]):
-    """Logs a model to the active MLflow run with ``mlflow.pytorch``.
+class TorchStateDictDataset(_TorchFileDataset):
+    """A ``state_dict`` saved with ``torch.save``, loaded with ``weights_only=True``.
 
-    Saves a mapping ``{"model": nn.Module, "input_example": np.ndarray}``. The
-    signature declares a variable batch size, so MLflow's torch.export program
-    accepts any batch; pip requirements are given, which spares MLflow a slow
-    subprocess that imports the model to infer them.
+    ``filepath: null`` makes an optional input that loads as ``None``, which is how
+    "no pretrained weights" is expressed in the catalog.
+    """
+
+    def __init__(self, *, filepath: str | None, **kwargs: Any):
+        self._optional = not filepath
+        super().__init__(filepath=filepath or "", **kwargs)
+
+    def load(self) -> dict[str, torch.Tensor] | None:
+        return None if self._optional else super().load()
+
+    def save(self, data: dict[str, torch.Tensor]) -> None:
+        if self._optional:
+            raise DatasetError("cannot save a state_dict: this catalog entry has no filepath")
+        super().save(data)
+
+    def _exists(self) -> bool:
+        return not self._optional and super()._exists()
+
+    def _read(self, file: IO[bytes], path: str) -> dict[str, torch.Tensor]:
+        return state_dict_from(load_weights(file, path), path)
+
+    def _write(self, data: dict[str, torch.Tensor], file: IO[bytes]) -> None:
+        torch.save(data, file)
+
+
+class MlflowImageClassifierDataset(AbstractDataset[dict, None]):
+    """Logs the trained classifier to the active MLflow run as a model that takes raw
+    images (see :mod:`kedro_torch.mlflow_model`), registers it, and moves the
+    registry alias ``champion_alias`` to it only if it beats the current holder.
+
+    Saves a mapping with ``state_dict``, ``model_spec`` (a dict), ``label_map``,
+    ``top_k``, ``batch_size``, ``registered_model_name`` (``None``: log only) and
+    ``metrics``, which must hold ``champion_metric``.
     """
 
     def __init__(
         self,
         *,
         name: str = "model",
-        pip_requirements: list[str] | None = None,
+        champion_alias: str = "champion",
+        champion_metric: str = "test_accuracy",
         metadata: dict[str, Any] | None = None,
     ):
         self._name = name
-        self._pip_requirements = pip_requirements
+        self._champion_alias = champion_alias
+        self._champion_metric = champion_metric
         self.metadata = metadata
 
     def save(self, data: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
         if mlflow.active_run() is None:
             raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
-        example = data["input_example"]
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]))]),
-            outputs=Schema([TensorSpec(example.dtype, (-1, data["num_classes"]))]),
+        registered_name = data["registered_model_name"]
+        info = mlflow_model.log_image_classifier(
+            self._name, data["state_dict"], ModelSpec.from_dict(data["model_spec"]),
+            data["label_map"], data["top_k"], data["batch_size"], registered_name,
         )
-        mlflow.pytorch.log_model(
-            data["model"],
-            name=self._name,
-            signature=signature,
-            input_example=example,
-            pip_requirements=self._pip_requirements or _installed_requirements(),
-        )
+        if registered_name:
+            mlflow_model.promote_if_better(
+                MlflowClient(), registered_name, str(info.registered_model_version),
+                self._champion_metric, data["metrics"][self._champion_metric],
+                self._champion_alias,
+            )
 
     def load(self) -> None:
         raise DatasetError(
@@ -169,11 +198,8 @@ class MlflowPyTorchModelDataset(AbstractDataset[dict, None]):
         )
 
     def _describe(self) -> dict[str, Any]:
-        return {"name": self._name}
-
-
-def _installed_requirements() -> list[str]:
-    return [f"{package}=={version(package)}" for package in ("torch", "torchvision", "mlflow")]
+        return {"name": self._name, "champion_alias": self._champion_alias,
+                "champion_metric": self._champion_metric}
 
 
 class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):
@@ -211,3 +237,40 @@ class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._directory}
+
+
+class TorchScriptDataset(_TorchFileDataset):
+    """A TorchScript module (``torch.jit.save``), loaded onto the CPU."""
+
+    def _read(self, file: IO[bytes], path: str) -> torch.jit.ScriptModule:
+        return torch.jit.load(file, map_location="cpu")
+
+    def _write(self, data: torch.jit.ScriptModule, file: IO[bytes]) -> None:
+        torch.jit.save(data, file)
+
+
+class ExportedProgramDataset(_TorchFileDataset):
+    """A ``torch.export`` program (.pt2).
+
+    ``torch.export.load`` unpickles parts of the file, unlike the project's
+    ``weights_only`` loading of state_dicts: load only programs you produced.
+    """
+
+    def _read(self, file: IO[bytes], path: str) -> ExportedProgram:
+        return torch.export.load(file)
+
+    def _write(self, data: ExportedProgram, file: IO[bytes]) -> None:
+        torch.export.save(data, file)
+
+
+def _write_atomically(path: str, fs: fsspec.AbstractFileSystem,
+                      write: Callable[[IO[bytes]], None]) -> None:
+    """Write through a temporary file renamed into place: never a half-written ``path``."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with fs.open(temporary, "wb") as file:
+            write(file)
+        fs.mv(temporary, path)
+    finally:
+        if fs.exists(temporary):
+            fs.rm(temporary)

@@ -1,8 +1,8 @@
 """Project settings: hooks and configuration loading."""
 
-from kedro_torch.hooks import MlflowArtifactHook, ParameterValidationHook
+from kedro_torch.hooks import MlflowArtifactHook, MlflowRunHook, ParameterValidationHook
 
-HOOKS = (ParameterValidationHook(), MlflowArtifactHook())
+HOOKS = (ParameterValidationHook(), MlflowArtifactHook(), MlflowRunHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

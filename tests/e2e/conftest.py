@@ -1,5 +1,6 @@
 """A throw-away copy of the project (pyproject.toml, conf/, empty data/) per test
-session, so whole runs write their data and MLflow store there, not here."""
+session, so whole runs write their data and MLflow store there, not here; and one
+training run in it that the end-to-end tests share."""
 
 import os
 import shutil
@@ -7,11 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from tests.conftest import PROJECT_ROOT
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
+EPOCHS = 6  # of the shared training run
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +38,41 @@ def kedro(project: Path, *args: str, timeout: float = 300) -> subprocess.Complet
         [KEDRO, *args], cwd=project, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def run_pipeline(project: Path, pipeline: str, runtime_params: dict) -> None:
+    """A `kedro run` in this process, through a KedroSession (faster than a subprocess)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)  # the catalog's relative paths resolve from here
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+            session.run(pipeline_names=[pipeline])
+
+
+def latest_version(folder: Path) -> Path:
+    """The file of the newest version of a versioned catalog entry."""
+    return sorted(folder.glob(f"*/{folder.name}"))[-1]
+
+
+def latest_run(project: Path) -> tuple[MlflowClient, Run]:
+    """The project's MLflow client and its most recent run."""
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kedro_torch")
+    (run,) = client.search_runs([experiment.experiment_id],
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    return client, run
+
+
+@pytest.fixture(scope="session")
+def finished_run(project, small_digits) -> tuple[MlflowClient, Run]:
+    """One training run on 200 digits, shared by every test that needs a trained model:
+    its MLflow client and run."""
+    run_pipeline(project, "training", {
+        "raw_images_path": str(small_digits),
+        "data": {"batch_size": 16},
+        "training": {"epochs": EPOCHS, "progress_bar": False},
+        # Sample often enough that a run of a few seconds records system metrics.
+        "mlflow": {"system_metrics_interval": 0.5},
+    })
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return latest_run(project)

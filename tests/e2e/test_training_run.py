@@ -4,35 +4,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
-from mlflow import MlflowClient
 
-from tests.e2e.conftest import kedro
-
-EPOCHS = 6
-
-
-@pytest.fixture(scope="module")
-def finished_run(project, small_digits):
-    """One training run through a KedroSession on 200 digits, then its MLflow run."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project)
-        bootstrap_project(project)
-        runtime_params = {
-            "raw_images_path": str(small_digits),
-            "data": {"batch_size": 16},
-            "training": {"epochs": EPOCHS, "progress_bar": False},
-        }
-        with KedroSession.create(project_path=project, runtime_params=runtime_params) as s:
-            s.run(pipeline_names=["training"])
-        tracking_uri = f"sqlite:///{project / 'mlflow.db'}"
-        mlflow.set_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name("kedro_torch")
-        (run,) = client.search_runs([experiment.experiment_id])
-        yield client, run
+from tests.e2e.conftest import EPOCHS, kedro, latest_run, run_pipeline
 
 
 def test_parameters_are_flattened(finished_run):
@@ -60,7 +35,9 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
     assert {"test_precision_0", "test_recall_9", "test_f1_5"} <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.png", "learning_curve.png", "evaluation_report.json",
-            "label_map.json", "training_history.csv"} <= artifacts
+            "label_map.json", "training_history.csv", "reliability_diagram.png",
+            "per_class_metrics.png", "prediction_gallery.png", "test_predictions.csv",
+            "parameters.yml"} <= artifacts
     png = client.download_artifacts(run.info.run_id, "confusion_matrix.png", str(project))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     versions = list((project / "data/06_models/model_state_dict.pt").iterdir())
@@ -68,11 +45,62 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
 
 
 @pytest.mark.parametrize("batch", [1, 7])
-def test_logged_model_predicts_any_batch_size(finished_run, batch):
+def test_logged_model_predicts_raw_images_of_any_batch_size(finished_run, batch):
     _, run = finished_run
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    images = np.random.default_rng(0).normal(size=(batch, 1, 16, 16)).astype(np.float32)
-    assert np.asarray(model.predict(images)).shape == (batch, 10)
+    # Raw pixels of any size: the model resizes and normalises as in training.
+    images = np.random.default_rng(0).integers(0, 256, size=(batch, 8, 8), dtype=np.uint8)
+    predictions = model.predict(images)
+    assert len(predictions) == batch
+    assert set(predictions["label"]) <= {str(d) for d in range(10)}
+    assert predictions["probability"].between(0, 1).all()
+    assert {"top1_label", "top3_probability"} <= set(predictions.columns)
+
+
+def test_run_is_named_after_its_parameters_and_tagged(finished_run):
+    _, run = finished_run
+    assert run.info.run_name == "small_cnn-AdamW-lr0.003"
+    tags = run.data.tags
+    # The test project is a copy outside any git repository.
+    assert tags["git_commit"] == tags["git_dirty"] == "unknown"
+    assert tags["kedro_env"] == "local"
+    assert tags["pipeline"] == "training"
+    assert tags["device"] == "cpu"
+
+
+def test_model_input_is_the_dataset_input_with_a_digest(finished_run, project, small_digits):
+    client, run = finished_run
+    (dataset_input,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert dataset.name == "model_input"
+    assert len(dataset.digest) >= 8
+    assert {(tag.key, tag.value) for tag in dataset_input.tags} == {
+        ("mlflow.data.context", "training")
+    }
+    # The same images elsewhere keep the digest; other images change it.
+    table = pd.read_parquet(project / "data/05_model_input/model_input.parquet")
+    moved = table.assign(path="/elsewhere/" + table["relative_path"])
+    assert content_digest(moved) == dataset.digest
+    assert content_digest(table.iloc[1:]) != dataset.digest
+
+
+def content_digest(table: pd.DataFrame) -> str:
+    return mlflow.data.from_pandas(table.drop(columns="path")).digest
+
+
+def test_system_metrics_are_sampled(finished_run):
+    client, run = finished_run
+    system = {name for name in run.data.metrics if name.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+    history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 1
+
+
+def test_model_is_registered_with_the_champion_alias(finished_run):
+    client, run = finished_run
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert version.name == "kedro_torch"
+    assert "champion" in client.get_registered_model("kedro_torch").aliases
 
 
 def test_unknown_optimizer_stops_before_any_work(project):
@@ -88,7 +116,8 @@ def test_unknown_optimizer_stops_before_any_work(project):
 
 
 def test_fine_tunes_from_the_weights_of_an_earlier_run(finished_run, project, small_digits):
-    (weights,) = (project / "data/06_models/model_state_dict.pt").glob("*/model_state_dict.pt")
+    # The first version is the shared run's (timestamps sort in time order).
+    weights = sorted((project / "data/06_models/model_state_dict.pt").glob("*/*.pt"))[0]
     result = kedro(
         project, "run", "--pipeline", "training", "--params",
         f"raw_images_path={small_digits},model.pretrained_path={weights},"
@@ -105,3 +134,24 @@ def test_fine_tunes_from_the_weights_of_an_earlier_run(finished_run, project, sm
     assert runs[0].data.params["model.pretrained_path"] == str(weights)
     # Starting from trained weights, one epoch already beats chance by far.
     assert runs[0].data.metrics["test_accuracy"] > 0.5
+
+
+def test_champion_stays_on_the_good_run_when_a_weak_run_finishes_second(
+    finished_run, project, small_digits
+):
+    client, _ = finished_run
+    champion = client.get_model_version_by_alias("kedro_torch", "champion")
+    champion_accuracy = client.get_run(champion.run_id).data.metrics["test_accuracy"]
+    run_pipeline(project, "training", {
+        "raw_images_path": str(small_digits),
+        "training": {"epochs": 1, "optimizer": {"kwargs": {"lr": 1e-6}}, "progress_bar": False},
+        "mlflow": {"system_metrics_interval": None},
+    })
+    _, weak = latest_run(project)
+    assert weak.info.run_name == "small_cnn-AdamW-lr1e-06"
+    assert weak.data.metrics["test_accuracy"] < champion_accuracy
+    (weak_version,) = client.search_model_versions(f"run_id = '{weak.info.run_id}'")
+    assert int(weak_version.version) > int(champion.version)
+    assert client.get_model_version_by_alias("kedro_torch", "champion").version == (
+        champion.version
+    )

@@ -5,11 +5,16 @@ import pytest
 import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import CSVDataset
 from matplotlib.figure import Figure
 
 from kedro_torch.config import ParameterError
-from kedro_torch.datasets import CheckpointDirectoryDataset, ImageFolderDataset
+from kedro_torch.datasets import (
+    CheckpointDirectoryDataset,
+    ImageFolderDataset,
+    TorchStateDictDataset,
+)
 from kedro_torch.pipelines.training import create_pipeline, nodes
 
 DATA = {
@@ -100,11 +105,16 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
             "raw_images": ImageFolderDataset(path=str(small_digits)),
             # Persisted, because the runner releases in-memory intermediates.
             "training_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
+            "evaluation_report": JSONDataset(filepath=str(tmp_path / "report.json")),
+            "trained_state_dict": TorchStateDictDataset(filepath=str(tmp_path / "model.pt")),
             "training_checkpoints": CheckpointDirectoryDataset(path=str(tmp_path / "ckpt")),
             "pretrained_state_dict": MemoryDataset(None),
             "params:data": MemoryDataset(DATA),
             "params:model": MemoryDataset(MODEL),
             "params:training": MemoryDataset({**TRAINING, "epochs": 8}),
+            "params:evaluation": MemoryDataset({"top_k": 2}),
+            "params:inference": MemoryDataset({}),
+            "params:mlflow": MemoryDataset({"registered_model_name": "digits"}),
         }
     )
     SequentialRunner().run(create_pipeline(), catalog)
@@ -117,9 +127,26 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     metrics = catalog.load("test_metrics")
     assert metrics["test_accuracy"] == {"value": report["accuracy"], "step": 0}
     assert {"test_precision_3", "test_recall_3", "test_f1_3"} <= set(metrics)
-    assert isinstance(catalog.load("confusion_matrix_plot"), Figure)
+    assert report["top_k"] == 2
+    assert report["accuracy"] <= report["top_k_accuracy"] <= 1
+    assert 0 <= report["calibration"]["ece"] <= 1
+    assert {"test_top2_accuracy", "test_ece", "test_macro_f1", "test_weighted_recall"} <= set(
+        metrics
+    )
+    for figure in ("confusion_matrix_plot", "learning_curve_plot", "reliability_diagram",
+                   "per_class_metrics_plot", "prediction_gallery"):
+        assert isinstance(catalog.load(figure), Figure), figure
+    predictions = catalog.load("test_predictions")
+    assert list(predictions.columns) == ["path", "true", "predicted", "probability", "entropy"]
+    assert len(predictions) == 30
+    assert (predictions["true"] == predictions["predicted"]).mean() == report["accuracy"]
     state_dict = catalog.load("trained_state_dict")
     assert all(t.device.type == "cpu" for t in state_dict.values())
     assert (tmp_path / "ckpt" / "last.pt").exists()
+    spec = catalog.load("model_spec")
+    assert spec == {"model_name": "small_cnn", "channels": 1, "image_size": 8, "mean": [0.5],
+                    "std": [0.5], "model_kwargs": {"width": 8}}
     packaged = catalog.load("mlflow_model")
-    assert packaged["input_example"].shape == (2, 1, 8, 8)
+    assert packaged["registered_model_name"] == "digits"
+    assert packaged["metrics"] == {"test_accuracy": report["accuracy"]}
+    assert packaged["model_spec"] == spec

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -20,8 +21,17 @@ from torch.utils.data import DataLoader
 
 from kedro_torch import data, engine, metrics, models, optimisation, plots
 from kedro_torch.checkpoints import CheckpointStore
-from kedro_torch.config import DataConfig, ModelConfig, TrainingConfig, parse
+from kedro_torch.config import (
+    DataConfig,
+    EvaluationConfig,
+    InferenceConfig,
+    MlflowConfig,
+    ModelConfig,
+    TrainingConfig,
+    parse,
+)
 from kedro_torch.distributed import is_main_process
+from kedro_torch.inference import ModelSpec
 from kedro_torch.progress import RichProgressBar
 
 logger = logging.getLogger(__name__)
@@ -179,27 +189,109 @@ def evaluate_model(
     label_map: dict[str, int],
     history: pd.DataFrame,
     training_params: dict[str, Any],
-) -> tuple[dict, dict, Figure, Figure, dict]:
-    """Test-split report, its MLflow metrics, the two figures and the model to log."""
+    evaluation_params: dict[str, Any],
+) -> tuple[dict, dict, pd.DataFrame, Figure, Figure, Figure, Figure, Figure]:
+    """How good the model is on the test split, how well it knows when it is wrong,
+    and where it fails: the report, its MLflow metrics, a per-image table and figures.
+    """
+    config = parse(EvaluationConfig, evaluation_params, "evaluation")
     device = engine.resolve_device(parse(TrainingConfig, training_params, "training").device)
     class_names = sorted(label_map, key=label_map.get)
     logits, targets = engine.predict(model, dataloaders["test"], device)
-    report = metrics.classification_report(targets, logits.argmax(dim=1), class_names)
-    logger.info("Test accuracy: %.4f", report["accuracy"])
-    test_metrics = {"test_accuracy": report["accuracy"]}
-    for name, scores in report["per_class"].items():
-        for score in ("precision", "recall", "f1"):
-            test_metrics[f"test_{score}_{name}"] = scores[score]
-    example_images, _ = next(iter(dataloaders["test"]))
-    packaged_model = {
-        "model": model.cpu().eval(),
-        "input_example": example_images[:2].numpy(),
-        "num_classes": len(class_names),
+    probabilities = logits.softmax(dim=1)
+    confidence, predictions = probabilities.max(dim=1)
+    entropy = metrics.predictive_entropy(probabilities)
+    report = metrics.classification_report(targets, predictions, class_names)
+    report["top_k"] = config.top_k
+    report["top_k_accuracy"] = metrics.top_k_accuracy(logits, targets, config.top_k)
+    report["calibration"] = metrics.calibration(probabilities, targets, config.calibration_bins)
+    report["mean_entropy"] = entropy.mean().item()
+    logger.info("Test accuracy: %.4f, top-%d: %.4f, ECE: %.4f", report["accuracy"],
+                config.top_k, report["top_k_accuracy"], report["calibration"]["ece"])
+
+    test_set = dataloaders["test"].dataset
+    names = np.asarray(class_names, dtype=object)
+    predictions_table = pd.DataFrame({
+        "path": test_set.paths,
+        "true": names[targets.numpy()],
+        "predicted": names[predictions.numpy()],
+        "probability": confidence.numpy(),
+        "entropy": entropy.numpy(),
+    })
+    picked = metrics.gallery_indices(probabilities, targets, entropy, config.gallery_size)
+    gallery = {
+        title: [
+            (np.asarray(data.load_image(test_set.paths[i], test_set.mode)),
+             f"true {names[targets[i]]}, pred {names[predictions[i]]}\np = {confidence[i]:.2f}, "
+             f"H = {entropy[i]:.2f}")
+            for i in picked[key]
+        ]
+        for key, title in (("confidently_wrong", "Most confidently wrong"),
+                           ("most_uncertain", "Most uncertain (highest entropy)"))
     }
     return (
         report,
-        {name: {"value": value, "step": 0} for name, value in test_metrics.items()},
-        plots.confusion_matrix_figure(report["confusion_matrix"], class_names),
+        {name: {"value": value, "step": 0} for name, value in _test_metrics(report).items()},
+        predictions_table,
+        plots.confusion_matrix_figure(report["confusion_matrix"],
+                                      report["confusion_matrix_normalized"], class_names),
         plots.learning_curve_figure(history.to_dict("records")),
-        packaged_model,
+        plots.reliability_figure(report["calibration"]["bins"], report["calibration"]["ece"]),
+        plots.per_class_figure(report["per_class"]),
+        plots.gallery_figure(gallery),
     )
+
+
+def _test_metrics(report: dict) -> dict[str, float]:
+    """The report's numbers under the names MLflow shows and compares runs by."""
+    test_metrics = {
+        "test_accuracy": report["accuracy"],
+        f"test_top{report['top_k']}_accuracy": report["top_k_accuracy"],
+        "test_ece": report["calibration"]["ece"],
+        "test_mean_entropy": report["mean_entropy"],
+    }
+    for average in ("macro_avg", "weighted_avg"):
+        for score, value in report[average].items():
+            test_metrics[f"test_{average.removesuffix('_avg')}_{score}"] = value
+    for name, scores in report["per_class"].items():
+        for score in ("precision", "recall", "f1"):
+            test_metrics[f"test_{score}_{name}"] = scores[score]
+    return test_metrics
+
+
+def package_model(
+    state_dict: dict[str, torch.Tensor],
+    label_map: dict[str, int],
+    evaluation_report: dict,
+    data_params: dict[str, Any],
+    model_params: dict[str, Any],
+    inference_params: dict[str, Any],
+    mlflow_params: dict[str, Any],
+) -> tuple[dict, dict]:
+    """The spec that rebuilds the model and its eval transform, and the model for MLflow.
+
+    The spec is saved next to the weights, so inference and export rebuild the
+    model the run trained, whatever the parameters say by then.
+    """
+    data_config = parse(DataConfig, data_params, "data")
+    model_config = parse(ModelConfig, model_params, "model")
+    inference = parse(InferenceConfig, inference_params, "inference")
+    spec = ModelSpec(
+        model_name=model_config.name,
+        model_kwargs=model_config.kwargs,
+        channels=data_config.channels,
+        image_size=data_config.image_size,
+        mean=data_config.normalize.mean,
+        std=data_config.normalize.std,
+    ).to_dict()
+    packaged = {
+        "state_dict": state_dict,
+        "model_spec": spec,
+        "label_map": label_map,
+        "top_k": inference.top_k,
+        "batch_size": inference.batch_size,
+        "registered_model_name": parse(MlflowConfig, mlflow_params, "mlflow")
+        .registered_model_name,
+        "metrics": {"test_accuracy": evaluation_report["accuracy"]},
+    }
+    return spec, packaged

@@ -36,10 +36,18 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 nodes.evaluate_model,
                 ["trained_model", "dataloaders", "label_map", "training_history",
-                 "params:training"],
-                ["evaluation_report", "test_metrics", "confusion_matrix_plot",
-                 "learning_curve_plot", "mlflow_model"],
+                 "params:training", "params:evaluation"],
+                ["evaluation_report", "test_metrics", "test_predictions",
+                 "confusion_matrix_plot", "learning_curve_plot", "reliability_diagram",
+                 "per_class_metrics_plot", "prediction_gallery"],
                 name="evaluate",
+            ),
+            node(
+                nodes.package_model,
+                ["trained_state_dict", "label_map", "evaluation_report", "params:data",
+                 "params:model", "params:inference", "params:mlflow"],
+                ["model_spec", "mlflow_model"],
+                name="package_model",
             ),
         ]
     )

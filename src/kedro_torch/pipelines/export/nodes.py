@@ -1,0 +1,57 @@
+"""Thin Kedro nodes: export the trained model, then check the files written against
+the eager model on the test split."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import torch
+from torch.export import ExportedProgram
+
+from kedro_torch import export
+from kedro_torch.config import ExportConfig, parse
+from kedro_torch.inference import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+def export_model(
+    state_dict: dict[str, torch.Tensor], model_spec: dict[str, Any], label_map: dict[str, int]
+) -> tuple[torch.jit.ScriptModule, ExportedProgram]:
+    """TorchScript and torch.export versions of the trained model, on the CPU."""
+    spec = ModelSpec.from_dict(model_spec)
+    model = spec.build_model(state_dict, len(label_map))
+    example = torch.zeros(2, spec.channels, spec.image_size, spec.image_size)
+    return export.to_torchscript(model), export.to_exported_program(model, example)
+
+
+def verify_exports(
+    torchscript_model: torch.jit.ScriptModule,
+    exported_program: ExportedProgram,
+    state_dict: dict[str, torch.Tensor],
+    model_spec: dict[str, Any],
+    label_map: dict[str, int],
+    model_input: pd.DataFrame,
+    export_params: dict[str, Any],
+) -> dict:
+    """Max absolute difference of each reloaded export against the eager model, per
+    batch size; an export that differs by more than the tolerance fails the run."""
+    config = parse(ExportConfig, export_params, "export")
+    spec = ModelSpec.from_dict(model_spec)
+    eager = spec.build_model(state_dict, len(label_map))
+    images = spec.load_batch(model_input.loc[model_input["split"] == "test", "path"].tolist())
+    report = export.compare_with_eager(
+        eager,
+        {"torchscript": torchscript_model, "exported_program": exported_program.module()},
+        images, config.batch_sizes, config.tolerance,
+    )
+    logger.info("Exports vs eager on %d test images: %s", len(images),
+                report["max_abs_difference"])
+    if not report["within_tolerance"]:
+        raise ValueError(
+            f"an export differs from the eager model by more than export.tolerance = "
+            f"{config.tolerance}: {report['max_abs_difference']}"
+        )
+    return report

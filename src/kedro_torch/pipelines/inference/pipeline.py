@@ -1,0 +1,17 @@
+from kedro.pipeline import Pipeline, node
+
+from kedro_torch.pipelines.inference import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                nodes.predict_folder,
+                ["inference_images", "trained_state_dict", "model_spec", "label_map",
+                 "params:inference"],
+                ["inference_predictions", "inference_failures"],
+                name="predict",
+            ),
+        ]
+    )
