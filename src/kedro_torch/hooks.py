@@ -9,7 +9,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractVersionedDataset, DataCatalog
 from kedro.pipeline import Pipeline
 
-from kedro_torch import models, optimisation
+from kedro_torch import loaders, models, optimisation
 from kedro_torch.config import DataConfig, ModelConfig, TrainingConfig, parse
 from kedro_torch.distributed import is_main_process
 
@@ -21,6 +21,11 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> None:
     configs = {
         name: parse(SECTIONS[name], parameters.get(name), name) for name in sorted(sections)
     }
+    if "data" in configs:
+        specs = configs["data"].transforms
+        for stage in ("train", "eval", "train_batch"):
+            pairs = [(spec.name, spec.kwargs) for spec in getattr(specs, stage)]
+            loaders.build_transforms(pairs, f"data.transforms.{stage}")
     if "model" in configs:
         models.check_model_name(configs["model"].name)
     if "training" in configs:

@@ -60,7 +60,8 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
     assert {"test_precision_0", "test_recall_9", "test_f1_5"} <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.png", "learning_curve.png", "evaluation_report.json",
-            "label_map.json", "training_history.csv"} <= artifacts
+            "label_map.json", "training_history.csv", "data_quality_report.json",
+            "normalization.json"} <= artifacts
     png = client.download_artifacts(run.info.run_id, "confusion_matrix.png", str(project))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     versions = list((project / "data/06_models/model_state_dict.pt").iterdir())
