@@ -61,6 +61,13 @@ def test_image_folder_lists_every_file_and_folder_with_path_and_relative_path(im
             assert file.read() == relative.encode()
 
 
+def test_image_folder_accepts_a_relative_path(image_folder, monkeypatch):
+    monkeypatch.chdir(image_folder.parent)
+    listing = ImageFolderDataset(path=image_folder.name).load()
+    assert "cat/1.png" in listing["relative_path"].tolist()
+    assert listing["path"][0] == str(image_folder / "cat")
+
+
 def test_image_folder_accepts_a_trailing_slash(image_folder):
     listing = ImageFolderDataset(path=f"{image_folder}/").load()
     assert "cat/1.png" in listing["relative_path"].tolist()

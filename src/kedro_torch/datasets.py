@@ -4,6 +4,7 @@ MLflow with its signature."""
 
 from __future__ import annotations
 
+import os
 from importlib.metadata import version
 from pathlib import PurePosixPath
 from typing import Any
@@ -42,7 +43,8 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
     ):
         self._protocol, root = get_protocol_and_path(str(path))
         self._fs = fsspec.filesystem(self._protocol, **(credentials or {}), **(fs_args or {}))
-        self._root = root.rstrip("/")
+        # The local filesystem lists absolute paths, so a relative root must be one too.
+        self._root = (os.path.abspath(root) if self._protocol == "file" else root).rstrip("/")
         self.metadata = metadata
 
     def load(self) -> pd.DataFrame:
