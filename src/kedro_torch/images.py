@@ -77,7 +77,7 @@ def decode(data: bytes, size: int, channels: int) -> tuple[np.ndarray, str]:
         ImageOps.exif_transpose(image, in_place=True)
         image = to_channels(image, channels)
         image = image.resize((size, size), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image).reshape(size, size, channels)
+    pixels = np.array(image).reshape(size, size, channels)  # a writable copy, for torch
     return np.ascontiguousarray(pixels.transpose(2, 0, 1)), mode
 
 
