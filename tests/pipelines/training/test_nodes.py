@@ -117,13 +117,10 @@ def test_groups_of_a_manifest_stay_in_one_split(small_digits):
 def test_split_stays_put_when_ten_percent_more_files_arrive(tmp_path):
     """Rerun the pipeline on a grown folder: no earlier file changes split."""
     root = image_folder(tmp_path / "images", {"cat": 50, "dog": 50, "owl": 50})
-    catalog = DataCatalog({
-        "raw_images": ImageFolderDataset(path=str(root)),
-        "raw_manifest": ImageTableDataset(filepath=None),
-        "previous_image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
-        "model_input": ParquetDataset(filepath=str(tmp_path / "model_input.parquet")),
-        "params:data": MemoryDataset(DATA),
-    })
+    catalog = run_catalog(
+        root, tmp_path,
+        model_input=ParquetDataset(filepath=str(tmp_path / "model_input.parquet")),
+    )
     to_transform = create_pipeline().to_nodes("transform")
     SequentialRunner().run(to_transform, catalog)
     before = catalog.load("model_input").set_index("relative_path")["split"]
@@ -198,20 +195,28 @@ def test_nodes_name_the_yaml_key_of_a_bad_parameter(transformed):
         nodes.train_model(None, {}, {"epoch": 3})
 
 
-def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
-    catalog = DataCatalog(
+def run_catalog(images, tmp_path, training=TRAINING, **persisted) -> DataCatalog:
+    """A catalog for whole runs on a real image folder; ``persisted`` entries outlive
+    the run (the runner releases in-memory intermediates)."""
+    return DataCatalog(
         {
-            "raw_images": ImageFolderDataset(path=str(small_digits)),
+            "raw_images": ImageFolderDataset(path=str(images)),
             "raw_manifest": ImageTableDataset(filepath=None),
             "previous_image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
-            # Persisted, because the runner releases in-memory intermediates.
-            "model_input": ParquetDataset(filepath=str(tmp_path / "model_input.parquet")),
             "training_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
             "pretrained_state_dict": MemoryDataset(None),
             "params:data": MemoryDataset(DATA),
             "params:model": MemoryDataset(MODEL),
-            "params:training": MemoryDataset({**TRAINING, "epochs": 8}),
+            "params:training": MemoryDataset(training),
+            **persisted,
         }
+    )
+
+
+def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
+    catalog = run_catalog(
+        small_digits, tmp_path, {**TRAINING, "epochs": 8},
+        model_input=ParquetDataset(filepath=str(tmp_path / "model_input.parquet")),
     )
     SequentialRunner().run(create_pipeline(), catalog)
     history = catalog.load("training_history")
@@ -237,18 +242,9 @@ def test_a_truncated_jpeg_and_an_empty_file_are_set_aside_and_training_finishes(
     root = shutil.copytree(small_digits, tmp_path / "images")
     write_truncated_jpeg(root / "3" / "cut short.jpg")
     write_empty_file(root / "7" / "empty.png")
-    catalog = DataCatalog(
-        {
-            "raw_images": ImageFolderDataset(path=str(root)),
-            "raw_manifest": ImageTableDataset(filepath=None),
-            "previous_image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
-            "data_quality_report": JSONDataset(filepath=str(tmp_path / "report.json")),
-            "training_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
-            "pretrained_state_dict": MemoryDataset(None),
-            "params:data": MemoryDataset(DATA),
-            "params:model": MemoryDataset(MODEL),
-            "params:training": MemoryDataset(TRAINING),
-        }
+    catalog = run_catalog(
+        root, tmp_path,
+        data_quality_report=JSONDataset(filepath=str(tmp_path / "report.json")),
     )
     SequentialRunner().run(create_pipeline(), catalog)
     report = catalog.load("data_quality_report")
