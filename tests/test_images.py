@@ -129,3 +129,13 @@ def test_a_missing_file_is_marked_missing(tmp_path):
     check = check_file(str(tmp_path / "gone.png"), 8, 3, keep_pixels=False)
     assert check.missing
     assert check.reason == "no file at this path"
+
+
+@pytest.mark.parametrize("size", [37, 150])
+def test_large_images_resize_like_pil(size):
+    """Larger images take torchvision's resize, smaller ones PIL's: same pixels."""
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (120, 200, 3), dtype=np.uint8))
+    pixels, _ = decode(saved(image, "PNG"), size, 3)
+    expected = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    assert np.abs(pixels.transpose(1, 2, 0).astype(int) - expected).max() <= 1

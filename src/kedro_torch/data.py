@@ -32,7 +32,7 @@ IMAGE_EXTENSIONS = frozenset(
 SPLITS = ("train", "val", "test")
 # Columns the pipeline adds to a manifest; a manifest table may not bring its own.
 RESERVED_COLUMNS = frozenset(
-    {"path", "relative_path", "label", "target", "split", *ENTRY_COLUMNS}
+    {"path", "relative_path", "label", "target", "split", "missing", *ENTRY_COLUMNS}
 )
 CHECK_BATCH = 64  # files per message between checking workers and the main process
 
