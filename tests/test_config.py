@@ -252,3 +252,53 @@ def test_system_metrics_can_be_switched_off():
     assert parse(MlflowConfig, {"system_metrics_interval": None}, "mlflow") == MlflowConfig(
         system_metrics_interval=None
     )
+
+
+# --- data keys of the data layer ------------------------------------------------------
+
+
+def test_data_transforms_become_named_specs():
+    data = parse(
+        DataConfig,
+        {"transforms": {"train": [{"name": "RandomHorizontalFlip"},
+                                  {"name": "RandAugment", "kwargs": {"num_ops": 2}}],
+                        "train_batch": [{"name": "MixUp", "kwargs": {"alpha": 0.2}}]}},
+        "data",
+    )
+    assert data.transforms.train == [NamedSpec("RandomHorizontalFlip", {}),
+                                     NamedSpec("RandAugment", {"num_ops": 2})]
+    assert data.transforms.eval == []
+    assert data.transforms.train_batch == [NamedSpec("MixUp", {"alpha": 0.2})]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"transforms": {"train": [{"kwargs": {"p": 1}}]}},
+         "data.transforms.train[0].name is required"),
+        ({"transforms": {"train": ["RandomHorizontalFlip"]}},
+         "data.transforms.train[0] must be a mapping"),
+        ({"source": "folders"}, "data.source must be one of 'folder', 'manifest'"),
+        ({"cache": "ram"}, "data.cache must be one of 'none', 'memory', 'disk'"),
+        ({"sampler": "weighted"}, "data.sampler must be one of 'shuffle', 'balanced'"),
+        ({"max_bad_fraction": 1.5}, "data.max_bad_fraction must lie in [0, 1]"),
+        ({"load_size": 0}, "data.load_size must be greater than 0"),
+        ({"prefetch_factor": 0}, "data.prefetch_factor must be greater than 0"),
+        ({"manifest": {"path_col": "file"}}, "unknown parameter data.manifest.path_col"),
+        ({"split": {"group_column": 3}}, "data.split.group_column must be str"),
+        ({"normalize": {"mean": None, "std": [0.5]}},
+         "data.normalize.mean and data.normalize.std must both be given, or both be null"),
+    ],
+)
+def test_data_layer_keys_are_checked(data, expected):
+    with pytest.raises(ParameterError, match=re.escape(expected)):
+        parse(DataConfig, data, "data")
+
+
+def test_null_normalisation_means_computed_and_null_workers_means_every_cpu():
+    config = parse(DataConfig, {"normalize": {"mean": None, "std": None},
+                                "num_workers": None}, "data")
+    assert config.normalize.computed
+    assert config.num_workers is None
+    assert parse(DataConfig, {"image_size": 24}, "data").decode_size == 24
+    assert parse(DataConfig, {"image_size": 24, "load_size": 32}, "data").decode_size == 32

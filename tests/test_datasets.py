@@ -7,6 +7,7 @@ import uuid
 
 import fsspec
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from kedro.io import DatasetError, Version
@@ -14,10 +15,13 @@ from kedro.io import DatasetError, Version
 from kedro_torch.datasets import (
     ExportedProgramDataset,
     ImageFolderDataset,
+    ImageStoreDataset,
+    ImageTableDataset,
     MlflowImageClassifierDataset,
     TorchScriptDataset,
     TorchStateDictDataset,
 )
+from kedro_torch.image_store import ENTRY_COLUMNS, ImageStore
 
 
 def state_dict(value: float) -> dict[str, torch.Tensor]:
@@ -43,16 +47,27 @@ def image_folder(tmp_path):
     return root
 
 
-def test_image_folder_lists_every_file_with_path_and_relative_path(image_folder):
+def test_image_folder_lists_every_file_and_folder_with_path_and_relative_path(image_folder):
+    (image_folder / "empty").mkdir()
     listing = ImageFolderDataset(path=str(image_folder)).load()
-    assert list(listing.columns) == ["path", "relative_path"]
+    assert list(listing.columns) == ["path", "relative_path", "is_dir"]
     # Every file, hidden ones included: choosing images is the pipeline's job.
     assert listing["relative_path"].tolist() == [
-        "cat/.hidden", "cat/1.png", "dog/sub/2.jpg", "readme.txt",
+        "cat", "cat/.hidden", "cat/1.png", "dog", "dog/sub", "dog/sub/2.jpg", "empty",
+        "readme.txt",
     ]
-    for path, relative in zip(listing["path"], listing["relative_path"], strict=True):
+    assert listing["is_dir"].tolist() == [True, False, False, True, True, False, True, False]
+    files = listing[~listing["is_dir"]]
+    for path, relative in zip(files["path"], files["relative_path"], strict=True):
         with fsspec.open(path, "rb") as file:
             assert file.read() == relative.encode()
+
+
+def test_image_folder_accepts_a_relative_path(image_folder, monkeypatch):
+    monkeypatch.chdir(image_folder.parent)
+    listing = ImageFolderDataset(path=image_folder.name).load()
+    assert "cat/1.png" in listing["relative_path"].tolist()
+    assert listing["path"][0] == str(image_folder / "cat")
 
 
 def test_image_folder_accepts_a_trailing_slash(image_folder):
@@ -67,9 +82,9 @@ def test_image_folder_paths_keep_their_protocol():
     memory.pipe(f"{root}/a/x.png", b"x")
     try:
         listing = ImageFolderDataset(path=f"memory://{root}").load()
-        assert listing["relative_path"].tolist() == ["a/x.png"]
-        assert listing["path"].tolist() == [f"memory://{root}/a/x.png"]
-        with fsspec.open(listing["path"][0], "rb") as file:
+        assert listing["relative_path"].tolist() == ["a", "a/x.png"]
+        assert listing["path"].tolist() == [f"memory://{root}/a", f"memory://{root}/a/x.png"]
+        with fsspec.open(listing["path"][1], "rb") as file:
             assert file.read() == b"x"
     finally:
         memory.rm(root, recursive=True)
@@ -95,6 +110,58 @@ def test_image_folder_is_read_only(image_folder):
     listing = dataset.load()
     with pytest.raises(DatasetError, match="read-only"):
         dataset.save(listing)
+
+
+# --- ImageTableDataset -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_image_table_loads_as_text_with_its_folder(tmp_path, suffix):
+    frame = pd.DataFrame({"path": ["a/1.png", "b/2.png"], "label": ["007", "8"],
+                          "group": ["g1", "g2"]})
+    file = tmp_path / "sets" / f"images{suffix}"
+    file.parent.mkdir()
+    if suffix == ".csv":
+        frame.to_csv(file, index=False)
+    else:
+        frame.to_parquet(file)
+    table = ImageTableDataset(filepath=str(file)).load()
+    assert table.folder == str(tmp_path / "sets")
+    assert table.frame["label"].tolist() == ["007", "8"]  # not read as numbers
+    assert table.frame["group"].tolist() == ["g1", "g2"]
+
+
+def test_image_table_without_a_filepath_loads_none(tmp_path):
+    assert ImageTableDataset(filepath=None).load() is None
+    with pytest.raises(DatasetError, match="does not exist"):
+        ImageTableDataset(filepath=str(tmp_path / "absent.csv")).load()
+
+
+# --- ImageStoreDataset ---------------------------------------------------------------
+
+
+def test_image_store_dataset_loads_what_it_saved(tmp_path):
+    dataset = ImageStoreDataset(path=str(tmp_path / "cache"))
+    empty = dataset.load()
+    assert not dataset.exists()
+    assert empty.image_shape is None
+    store = empty.empty_like((1, 2, 2))
+    name, array = store.new_chunk(1)
+    array[0] = 9
+    entries = pd.DataFrame({c: [None] for c in ENTRY_COLUMNS} | {"content_hash": ["h"],
+                           "chunk": [name], "row": [0]})
+    dataset.save(store.with_entries(entries))
+    assert dataset.exists()
+    loaded = dataset.load()
+    chunks, rows = loaded.locate(["h"])
+    assert loaded.image(int(chunks[0]), int(rows[0])).tolist() == [[[9, 9], [9, 9]]]
+
+
+def test_image_store_dataset_refuses_other_places(tmp_path):
+    with pytest.raises(DatasetError, match="must be a local folder"):
+        ImageStoreDataset(path="s3://bucket/cache")
+    with pytest.raises(DatasetError, match="belongs to"):
+        ImageStoreDataset(path=str(tmp_path / "a")).save(ImageStore((1, 2, 2), str(tmp_path)))
 
 
 # --- TorchStateDictDataset ----------------------------------------------------------

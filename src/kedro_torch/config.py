@@ -35,6 +35,7 @@ class SplitConfig:
     val: float = 0.15
     test: float = 0.15
     seed: int = 42
+    group_column: str | None = None
 
     def validate(self, key: str) -> None:
         fractions = {"train": self.train, "val": self.val, "test": self.test}
@@ -48,40 +49,95 @@ class SplitConfig:
                 f"{key}.train + {key}.val + {key}.test must sum to 1, got {sum(fractions.values())}"
             )
 
+    @property
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
 
 @dataclass(frozen=True)
 class NormalizeConfig:
-    mean: list[float] = field(default_factory=lambda: [0.5])
-    std: list[float] = field(default_factory=lambda: [0.5])
+    # Both null: computed from the training split.
+    mean: list[float] | None = field(default_factory=lambda: [0.5])
+    std: list[float] | None = field(default_factory=lambda: [0.5])
+
+    @property
+    def computed(self) -> bool:
+        return self.mean is None
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    path_column: str = "path"
+    label_column: str = "label"
+
+
+@dataclass(frozen=True)
+class TransformsConfig:
+    """``torchvision.transforms.v2`` classes by name; the names are resolved by
+    :mod:`kedro_torch.loaders`, which owns that registry."""
+
+    train: list[NamedSpec] = field(default_factory=list)
+    eval: list[NamedSpec] = field(default_factory=list)
+    train_batch: list[NamedSpec] = field(default_factory=list)
+
+    def validate(self, key: str) -> None:
+        for stage in ("train", "eval", "train_batch"):
+            for i, spec in enumerate(getattr(self, stage)):
+                if not spec.name:
+                    raise ParameterError(f"{key}.{stage}[{i}].name is required")
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    source: Literal["folder", "manifest"] = "folder"
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
     image_size: int = 16
+    load_size: int | None = None
     channels: Literal[1, 3] = 1
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    transforms: TransformsConfig = field(default_factory=TransformsConfig)
+    max_bad_fraction: float = 0.01
+    cache: Literal["none", "memory", "disk"] = "memory"
     batch_size: int = 64
     eval_batch_size: int | None = None
-    num_workers: int = 0
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    num_workers: int | None = None
+    persistent_workers: bool = True
+    prefetch_factor: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def validate(self, key: str) -> None:
         _positive(self.image_size, f"{key}.image_size")
         _positive(self.batch_size, f"{key}.batch_size")
-        if self.eval_batch_size is not None:
-            _positive(self.eval_batch_size, f"{key}.eval_batch_size")
-        if self.num_workers < 0:
+        for optional in ("load_size", "eval_batch_size", "prefetch_factor"):
+            if getattr(self, optional) is not None:
+                _positive(getattr(self, optional), f"{key}.{optional}")
+        if self.num_workers is not None and self.num_workers < 0:
             raise ParameterError(f"{key}.num_workers must be 0 or more, got {self.num_workers}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ParameterError(
+                f"{key}.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}"
+            )
+        if (self.normalize.mean is None) != (self.normalize.std is None):
+            raise ParameterError(
+                f"{key}.normalize.mean and {key}.normalize.std must both be given, or both "
+                "be null (computed from the training split)"
+            )
         for stat in ("mean", "std"):
-            values = getattr(self.normalize, stat)
-            if len(values) not in (1, self.channels):
+            values = getattr(self.normalize, stat) or []
+            if values and len(values) not in (1, self.channels):
                 raise ParameterError(
                     f"{key}.normalize.{stat} needs 1 or {self.channels} values "
                     f"(data.channels), got {len(values)}"
                 )
-        if any(value <= 0 for value in self.normalize.std):
+        if any(value <= 0 for value in self.normalize.std or []):
             raise ParameterError(f"{key}.normalize.std values must be greater than 0")
         self.split.validate(f"{key}.split")
+
+    @property
+    def decode_size(self) -> int:
+        """The size images are decoded, cached and augmented at."""
+        return self.load_size or self.image_size
 
 
 @dataclass(frozen=True)

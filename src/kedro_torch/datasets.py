@@ -1,6 +1,6 @@
-"""Kedro datasets for what kedro-datasets has no entry for: image folders, torch
-state_dicts, TorchScript modules and torch.export programs, and the classifier
-logged to MLflow and its model registry."""
+"""Kedro datasets for what kedro-datasets has no entry for: image folders and image
+tables, the decoded-image cache, torch state_dicts, TorchScript modules and
+torch.export programs, and the classifier logged to MLflow and its model registry."""
 
 from __future__ import annotations
 
@@ -21,15 +21,19 @@ from torch.export import ExportedProgram
 
 from kedro_torch import mlflow_model
 from kedro_torch.checkpoints import CheckpointStore, load_weights, state_dict_from
+from kedro_torch.data import ImageTable
 from kedro_torch.distributed import is_main_process
+from kedro_torch.image_store import ImageStore
 from kedro_torch.inference import ModelSpec
 
 
 class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
-    """Lists the files under a folder, on any fsspec filesystem, without reading them.
+    """Lists the files and folders under a folder, on any fsspec filesystem, without
+    reading them.
 
-    Loads a DataFrame with ``path`` (openable by fsspec) and ``relative_path``
-    (POSIX, relative to the folder) for every file; which files are images and
+    Loads a DataFrame with ``path`` (openable by fsspec), ``relative_path`` (POSIX,
+    relative to the folder) and ``is_dir`` for every file and subfolder; folders are
+    listed so that an empty class folder can be noticed. Which files are images and
     what their labels are is decided by the pipeline, not here.
     """
 
@@ -43,16 +47,26 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
     ):
         self._protocol, root = get_protocol_and_path(str(path))
         self._fs = fsspec.filesystem(self._protocol, **(credentials or {}), **(fs_args or {}))
-        self._root = root.rstrip("/")
+        # The local filesystem lists absolute paths, so a relative root must be one too.
+        self._root = (os.path.abspath(root) if self._protocol == "file" else root).rstrip("/")
         self.metadata = metadata
 
     def load(self) -> pd.DataFrame:
         if not self._fs.isdir(self._root):
             raise DatasetError(f"image folder {self._root!r} does not exist or is not a folder")
-        files = sorted(self._fs.find(self._root))
-        relative = [PurePosixPath(f).relative_to(self._root).as_posix() for f in files]
+        found = self._fs.find(self._root, withdirs=True, detail=True)
+        entries = sorted(
+            (name, info["type"] == "directory") for name, info in found.items()
+            if name.rstrip("/") != self._root
+        )
         return pd.DataFrame(
-            {"path": [self._openable(f) for f in files], "relative_path": relative}
+            {
+                "path": [self._openable(name) for name, _ in entries],
+                "relative_path": [
+                    PurePosixPath(name).relative_to(self._root).as_posix() for name, _ in entries
+                ],
+                "is_dir": [is_dir for _, is_dir in entries],
+            }
         )
 
     def save(self, data: pd.DataFrame) -> None:
@@ -66,6 +80,90 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._root, "protocol": self._protocol}
+
+
+class ImageTableDataset(AbstractDataset[None, ImageTable]):
+    """A CSV or Parquet table listing images (chosen by the file's extension).
+
+    Loads an :class:`~kedro_torch.data.ImageTable`: the table, read as text so
+    labels such as ``007`` stay as written, and the folder it sits in, from which
+    the pipeline resolves relative image paths. ``filepath: null`` makes an optional
+    input that loads as ``None``, for runs that read an image folder instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str | None,
+        load_args: dict[str, Any] | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self._filepath = str(filepath) if filepath else None
+        self._load_args = dict(load_args or {})
+        self._protocol, self._path = get_protocol_and_path(self._filepath or "")
+        self._fs = fsspec.filesystem(self._protocol, **(credentials or {}), **(fs_args or {}))
+        self.metadata = metadata
+
+    def load(self) -> ImageTable | None:
+        if self._filepath is None:
+            return None
+        if not self._fs.isfile(self._path):
+            raise DatasetError(f"image table {self._filepath!r} does not exist")
+        with self._fs.open(self._path, "rb") as file:
+            if PurePosixPath(self._path).suffix.lower() == ".parquet":
+                frame = pd.read_parquet(file, **self._load_args)
+            else:
+                frame = pd.read_csv(file, **({"dtype": str} | self._load_args))
+        folder = str(PurePosixPath(self._path).parent)
+        return ImageTable(
+            frame, folder if self._protocol == "file" else f"{self._protocol}://{folder}"
+        )
+
+    def save(self, data: ImageTable) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only")
+
+    def _exists(self) -> bool:
+        return self._filepath is not None and self._fs.isfile(self._path)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath}
+
+
+class ImageStoreDataset(AbstractDataset[ImageStore, ImageStore]):
+    """The decoded-image cache in a local folder (see :mod:`kedro_torch.image_store`).
+
+    Loads the store saved there, or an empty one bound to the folder; saving a
+    store writes its index and deletes the chunk files no longer used. The chunks
+    are memory-mapped, so the folder must be on a local disk.
+    """
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None):
+        protocol, folder = get_protocol_and_path(str(path))
+        if protocol != "file":
+            raise DatasetError(
+                f"the image cache must be a local folder (it is memory-mapped), got {path!r}"
+            )
+        self._folder = folder
+        self.metadata = metadata
+
+    def load(self) -> ImageStore:
+        return ImageStore.open(self._folder)
+
+    def save(self, data: ImageStore) -> None:
+        if data.folder != self._folder:
+            raise DatasetError(
+                f"this store belongs to {data.folder!r}, not to {self._folder!r}; build it "
+                "from the store this dataset loads"
+            )
+        data.save()
+
+    def _exists(self) -> bool:
+        return ImageStore.open(self._folder).image_shape is not None
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": self._folder}
 
 
 class _TorchFileDataset(AbstractVersionedDataset):

@@ -18,7 +18,7 @@ from kedro.pipeline import Pipeline
 from mlflow import MlflowClient
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from kedro_torch import engine, models, optimisation
+from kedro_torch import engine, loaders, models, optimisation
 from kedro_torch.config import (
     DataConfig,
     EvaluationConfig,
@@ -43,6 +43,11 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> None:
     configs = {
         name: parse(SECTIONS[name], parameters.get(name), name) for name in sorted(sections)
     }
+    if "data" in configs:
+        specs = configs["data"].transforms
+        for stage in ("train", "eval", "train_batch"):
+            pairs = [(spec.name, spec.kwargs) for spec in getattr(specs, stage)]
+            loaders.build_transforms(pairs, f"data.transforms.{stage}")
     if "model" in configs:
         models.check_model_name(configs["model"].name)
     if "training" in configs:

@@ -9,6 +9,7 @@ JSON-able description that rebuilds the model and its evaluation transform from 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 from torchvision.transforms import v2
 
-from kedro_torch import data, models
+from kedro_torch import data, images, models
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,13 @@ class ModelSpec:
         return model.eval()
 
     def transform(self) -> v2.Transform:
-        return data.build_transform(self.image_size, self.mean, self.std)
+        """Decoded image -> normalised tensor, resized as training decoding resizes."""
+        return v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize((self.image_size, self.image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(self.mean), std=list(self.std)),
+        ])
 
     @property
     def mode(self) -> str:
@@ -69,7 +76,15 @@ class ModelSpec:
     def load_batch(self, paths: Sequence[str]) -> torch.Tensor:
         """The images at ``paths`` as the model's input: one normalised tensor batch."""
         transform = self.transform()
-        return torch.stack([transform(data.load_image(path, self.mode)) for path in paths])
+        return torch.stack([transform(open_image(path, self.channels)) for path in paths])
+
+
+def open_image(path: str, channels: int) -> Image.Image:
+    """An image file in ``channels`` channels, converted exactly as training converts it."""
+    with Image.open(io.BytesIO(images.read_bytes(path))) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return images.to_channels(image, channels)
 
 
 def image_files(listing: pd.DataFrame) -> pd.DataFrame:
@@ -78,6 +93,8 @@ def image_files(listing: pd.DataFrame) -> pd.DataFrame:
     Hidden files and files of other types are skipped and counted in the log,
     as in training; whether an image decodes is found out when it is read.
     """
+    if "is_dir" in listing:  # folders are listed too, for training's empty-class check
+        listing = listing[~listing["is_dir"].astype(bool)]
     relative = listing["relative_path"].map(PurePosixPath)
     hidden = relative.map(lambda p: any(part.startswith(".") for part in p.parts))
     is_image = relative.map(lambda p: p.suffix.lower() in data.IMAGE_EXTENSIONS)
@@ -161,10 +178,10 @@ class ImageClassifier:
         """
         tables, failures = [], []
         for start in range(0, len(paths), batch_size):
-            images, positions = [], []
+            decoded, positions = [], []
             for position in range(start, min(start + batch_size, len(paths))):
                 try:
-                    images.append(data.load_image(paths[position], self.spec.mode))
+                    decoded.append(open_image(paths[position], self.spec.channels))
                     positions.append(position)
                 except Image.UnidentifiedImageError:
                     failures.append((position, paths[position],
@@ -172,8 +189,8 @@ class ImageClassifier:
                 except (OSError, ValueError, Image.DecompressionBombError) as error:
                     failures.append((position, paths[position],
                                      f"{type(error).__name__}: {error}"))
-            if images:
-                table = self.predict_images(images, top_k, batch_size)
+            if decoded:
+                table = self.predict_images(decoded, top_k, batch_size)
                 table.index = pd.Index(positions, name="position")
                 tables.append(table)
         for _, path, error in failures:

@@ -37,7 +37,7 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
     assert {"confusion_matrix.png", "learning_curve.png", "evaluation_report.json",
             "label_map.json", "training_history.csv", "reliability_diagram.png",
             "per_class_metrics.png", "prediction_gallery.png", "test_predictions.csv",
-            "parameters.yml"} <= artifacts
+            "parameters.yml", "data_quality_report.json", "normalization.json"} <= artifacts
     png = client.download_artifacts(run.info.run_id, "confusion_matrix.png", str(project))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     versions = list((project / "data/06_models/model_state_dict.pt").iterdir())

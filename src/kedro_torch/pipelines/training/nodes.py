@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kedro_torch import data, engine, metrics, models, optimisation, plots
+from kedro_torch import data, engine, image_store, loaders, metrics, models, optimisation, plots
 from kedro_torch.checkpoints import CheckpointStore
 from kedro_torch.config import (
     DataConfig,
@@ -27,10 +27,12 @@ from kedro_torch.config import (
     InferenceConfig,
     MlflowConfig,
     ModelConfig,
+    NamedSpec,
     TrainingConfig,
     parse,
 )
 from kedro_torch.distributed import is_main_process
+from kedro_torch.image_store import ImageStore
 from kedro_torch.inference import ModelSpec
 from kedro_torch.progress import RichProgressBar
 
@@ -55,52 +57,138 @@ class MlflowEpochLogger(engine.Callback):
         mlflow.flush_async_logging()
 
 
-def ingest_images(image_folder: pd.DataFrame) -> pd.DataFrame:
-    """Folder listing -> manifest of images (path, relative_path, label)."""
-    return data.manifest_from_listing(image_folder)
+def ingest_images(
+    image_folder: pd.DataFrame, image_table: data.ImageTable | None, data_params: dict[str, Any]
+) -> pd.DataFrame:
+    """Folder listing or image table (``data.source``) -> manifest of images."""
+    config = parse(DataConfig, data_params, "data")
+    if config.source == "folder":
+        return data.manifest_from_listing(image_folder)
+    if image_table is None:
+        raise ValueError(
+            "data.source is 'manifest' but the catalog entry 'raw_manifest' loaded nothing: "
+            "pass the table at run time (--params raw_manifest_path=images.csv) or set the "
+            "entry's filepath in conf/local/catalog.yml"
+        )
+    manifest = config.manifest
+    return data.manifest_from_table(image_table, manifest.path_column, manifest.label_column)
 
 
 def prepare_model_input(
-    manifest: pd.DataFrame, data_params: dict[str, Any]
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Encode labels and split train/val/test, stratified and seeded."""
+    manifest: pd.DataFrame, previous_image_cache: ImageStore, data_params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, int], dict, dict, ImageStore, ImageStore]:
+    """Check every image once, set unreadable ones aside, encode labels and split.
+
+    Returns the model input, the label map, the normalisation statistics, the
+    data-quality report, the decoded images for the DataLoaders (``data.cache``)
+    and the on-disk cache to save (left as it was unless ``data.cache`` is disk).
+    """
     config = parse(DataConfig, data_params, "data")
-    label_map = data.encode_labels(manifest["label"])
+    shape = (config.channels, config.decode_size, config.decode_size)
+    on_disk = previous_image_cache
+    if config.cache == "disk" and on_disk.image_shape != shape:
+        on_disk = on_disk.empty_like(shape)
+    if config.cache == "memory" and not image_store.fits_in_memory(len(manifest), shape):
+        raise ValueError(
+            f"data.cache: memory would hold {len(manifest)} images of shape {shape}, more "
+            "than half of this machine's memory; use data.cache: disk or none"
+        )
+    checks, store = data.check_images(
+        manifest["path"].tolist(),
+        on_disk if config.cache == "disk" else ImageStore(shape),
+        keep_pixels=config.cache != "none",
+        use_fingerprints=config.cache == "disk",
+        num_workers=_num_workers(config),
+    )
+    checked = pd.concat([manifest, checks.drop(columns=["fingerprint", "chunk", "row"])], axis=1)
+    usable, bad = data.set_aside_bad_files(checked, config.max_bad_fraction)
+    unusable = sorted(set(manifest["label"]) - set(usable["label"]))
+    if unusable:
+        raise ValueError(f"classes without any readable image: {', '.join(map(repr, unusable))}")
     split = config.split
-    model_input = manifest.assign(
-        target=manifest["label"].map(label_map).astype("int64"),
-        split=data.stratified_split(
-            manifest["relative_path"], manifest["label"],
-            {"train": split.train, "val": split.val, "test": split.test}, split.seed,
-        ),
+    if split.group_column is not None and split.group_column not in usable.columns:
+        raise ValueError(
+            f"data.split.group_column: the manifest has no column {split.group_column!r}"
+        )
+    groups = usable[split.group_column].tolist() if split.group_column else None
+    assignment = data.assign_splits(
+        data.split_keys(usable["content_hash"], groups), split.fractions, split.seed
+    )
+    missed = data.check_split(usable["label"], assignment, split.fractions)
+    label_map = data.encode_labels(usable["label"])
+    model_input = usable.drop(columns=["reason", "mode", "missing", "pixel_sum", "pixel_sumsq"])
+    model_input = model_input.assign(
+        target=model_input["label"].map(label_map).astype("int64"), split=assignment
     )
     logger.info("Split sizes: %s", model_input["split"].value_counts().to_dict())
-    return model_input, label_map
+    if config.normalize.computed:
+        train = usable[assignment == "train"]
+        normalization = data.normalization_from_sums(
+            train["pixel_sum"], train["pixel_sumsq"], config.decode_size**2
+        ) | {"source": "training split"}
+    else:
+        normalization = {"mean": config.normalize.mean, "std": config.normalize.std,
+                         "source": "parameters"}
+    report = data.quality_report(checked, bad, model_input, missed, config.max_bad_fraction)
+    if config.cache == "disk":
+        return model_input, label_map, normalization, report, store, store
+    return model_input, label_map, normalization, report, store, previous_image_cache
 
 
 def build_dataloaders(
-    model_input: pd.DataFrame, data_params: dict[str, Any], training_params: dict[str, Any]
+    model_input: pd.DataFrame,
+    normalization: dict,
+    decoded_images: ImageStore,
+    data_params: dict[str, Any],
+    training_params: dict[str, Any],
 ) -> dict[str, DataLoader]:
-    """One DataLoader per split over lazily decoded images."""
+    """One DataLoader per split, reading decoded images from the store where it has them."""
     config = parse(DataConfig, data_params, "data")
     training = parse(TrainingConfig, training_params, "training")
-    transform = data.build_transform(
-        config.image_size, config.normalize.mean, config.normalize.std
+    specs = config.transforms
+    transforms = {
+        stage: loaders.image_transform(
+            loaders.build_transforms(_pairs(getattr(specs, stage)), f"data.transforms.{stage}"),
+            config.image_size, config.decode_size,
+        )
+        for stage in ("train", "eval")
+    }
+    mixing = loaders.batch_transform(
+        loaders.build_transforms(
+            _pairs(specs.train_batch), "data.transforms.train_batch",
+            num_classes=int(model_input["target"].max()) + 1,
+        )
     )
     datasets = {
-        split: data.ImageManifestDataset(
-            rows["path"].tolist(), rows["target"].tolist(), config.channels, transform
+        split: loaders.ImageManifestDataset(
+            rows["path"].tolist(), rows["target"].tolist(),
+            channels=config.channels, load_size=config.decode_size,
+            mean=normalization["mean"], std=normalization["std"],
+            content_hashes=rows["content_hash"].tolist(), store=decoded_images,
+            transform=transforms["train" if split == "train" else "eval"],
+            batch_transform=mixing if split == "train" else None,
         )
         for split, rows in model_input.groupby("split", sort=False)
     }
-    settings = data.LoaderSettings(
+    settings = loaders.LoaderSettings(
         batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size or 2 * config.batch_size,
-        num_workers=config.num_workers,
+        num_workers=_num_workers(config),
         seed=training.seed,
+        sampler=config.sampler,
         pin_memory=engine.resolve_device(training.device).type == "cuda",
+        persistent_workers=config.persistent_workers,
+        prefetch_factor=config.prefetch_factor,
     )
-    return data.build_dataloaders(datasets, settings)
+    return loaders.build_dataloaders(datasets, settings)
+
+
+def _num_workers(config: DataConfig) -> int:
+    return loaders.default_num_workers() if config.num_workers is None else config.num_workers
+
+
+def _pairs(specs: list[NamedSpec]) -> list[tuple[str, dict]]:
+    return [(spec.name, spec.kwargs) for spec in specs]
 
 
 def build_model(
@@ -221,7 +309,7 @@ def evaluate_model(
     picked = metrics.gallery_indices(probabilities, targets, entropy, config.gallery_size)
     gallery = {
         title: [
-            (np.asarray(data.load_image(test_set.paths[i], test_set.mode)),
+            (test_set.raw_image(i).permute(1, 2, 0).squeeze(-1).numpy(),
              f"true {names[targets[i]]}, pred {names[predictions[i]]}\np = {confidence[i]:.2f}, "
              f"H = {entropy[i]:.2f}")
             for i in picked[key]
@@ -262,6 +350,7 @@ def _test_metrics(report: dict) -> dict[str, float]:
 def package_model(
     state_dict: dict[str, torch.Tensor],
     label_map: dict[str, int],
+    normalization: dict[str, list[float]],
     evaluation_report: dict,
     data_params: dict[str, Any],
     model_params: dict[str, Any],
@@ -281,8 +370,8 @@ def package_model(
         model_kwargs=model_config.kwargs,
         channels=data_config.channels,
         image_size=data_config.image_size,
-        mean=data_config.normalize.mean,
-        std=data_config.normalize.std,
+        mean=normalization["mean"],
+        std=normalization["std"],
     ).to_dict()
     packaged = {
         "state_dict": state_dict,

@@ -6,16 +6,23 @@ from kedro_torch.pipelines.training import nodes
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            node(nodes.ingest_images, "raw_images", "image_manifest", name="ingest"),
+            node(
+                nodes.ingest_images,
+                ["raw_images", "raw_manifest", "params:data"],
+                "image_manifest",
+                name="ingest",
+            ),
             node(
                 nodes.prepare_model_input,
-                ["image_manifest", "params:data"],
-                ["model_input", "label_map"],
+                ["image_manifest", "previous_image_cache", "params:data"],
+                ["model_input", "label_map", "normalization", "data_quality_report",
+                 "decoded_images", "image_cache"],
                 name="transform",
             ),
             node(
                 nodes.build_dataloaders,
-                ["model_input", "params:data", "params:training"],
+                ["model_input", "normalization", "decoded_images", "params:data",
+                 "params:training"],
                 "dataloaders",
                 name="build_dataloaders",
             ),
@@ -44,7 +51,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.package_model,
-                ["trained_state_dict", "label_map", "evaluation_report", "params:data",
+                ["trained_state_dict", "label_map", "normalization", "evaluation_report",
+                 "params:data",
                  "params:model", "params:inference", "params:mlflow"],
                 ["model_spec", "mlflow_model"],
                 name="package_model",

@@ -1,0 +1,164 @@
+"""Decoded, resized uint8 images kept so that later epochs, and later runs, skip decoding.
+
+An :class:`ImageStore` holds images of one shape ``(channels, size, size)`` in
+*chunks*: tensors in memory, or ``.npy`` files in a local folder that are memory-
+mapped on first use. Next to them, ``entries`` records what checking each file found
+(its content hash, the reason it failed, pixel sums), keyed by a fingerprint of the
+file's path, size and modification time, so an unchanged file is neither read nor
+decoded again, and a changed or added file is.
+
+Folder layout: ``index.parquet`` (the entries, with the image shape in its schema
+metadata) and ``chunks/<name>.npy``. Each run that decodes new files adds one chunk;
+saving the index deletes the chunks no entry refers to any more.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+ENTRY_COLUMNS = (
+    "fingerprint", "content_hash", "reason", "mode", "pixel_sum", "pixel_sumsq", "chunk", "row",
+)
+INDEX_FILE = "index.parquet"
+SHAPE_KEY = b"image_shape"
+
+
+def fits_in_memory(count: int, image_shape: tuple[int, int, int]) -> bool:
+    """Whether ``count`` uint8 images take at most half of this machine's memory
+    (True where the machine does not say how much it has)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return True
+    return count * math.prod(image_shape) <= total / 2
+
+
+class ImageStore:
+    """Images found by content hash; check results found by file fingerprint.
+
+    Pickling keeps chunk tensors (torch shares them with DataLoader workers) and
+    chunk file names, never mapped arrays: every process maps the files itself, so
+    workers started by spawn or forkserver receive no copy of the images.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] | None,
+        folder: str | None = None,
+        entries: pd.DataFrame | None = None,
+        memory_chunks: dict[str, torch.Tensor] | None = None,
+    ):
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.folder = folder
+        self.entries = (
+            entries.reset_index(drop=True) if entries is not None
+            else pd.DataFrame({column: [] for column in ENTRY_COLUMNS})
+        )
+        self._memory = dict(memory_chunks or {})
+        self._mapped: dict[str, np.ndarray] = {}
+        self._names = sorted(set(self.entries["chunk"].dropna()))
+
+    # --- reading and writing a folder --------------------------------------------
+
+    @classmethod
+    def open(cls, folder: str) -> ImageStore:
+        """The store saved in ``folder``, or an empty one bound to it."""
+        index = Path(folder) / INDEX_FILE
+        if not index.is_file():
+            return cls(None, folder)
+        table = pq.read_table(index)
+        shape = tuple(int(v) for v in table.schema.metadata[SHAPE_KEY].decode().split(","))
+        return cls(shape, folder, table.to_pandas())
+
+    def save(self) -> None:
+        """Write the index atomically, then delete the chunk files nothing refers to.
+
+        A store that never held anything (no image shape yet) leaves the folder alone.
+        """
+        if self.folder is None:
+            raise ValueError("this ImageStore lives in memory; it has no folder to save to")
+        if self.image_shape is None:
+            return
+        folder = Path(self.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(self.entries.reset_index(drop=True), preserve_index=False)
+        shape = ",".join(str(v) for v in self.image_shape or ())
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHAPE_KEY: shape})
+        temporary = folder / f".{INDEX_FILE}.{uuid.uuid4().hex}"
+        pq.write_table(table, temporary)
+        os.replace(temporary, folder / INDEX_FILE)
+        referenced = set(self.entries["chunk"].dropna())
+        for chunk in (folder / "chunks").glob("*.npy"):
+            if chunk.stem not in referenced:
+                chunk.unlink(missing_ok=True)
+
+    # --- building -----------------------------------------------------------------
+
+    def empty_like(self, image_shape: tuple[int, int, int]) -> ImageStore:
+        """A store for another image shape, in the same place (memory or folder)."""
+        return ImageStore(image_shape, self.folder)
+
+    def new_chunk(self, rows: int) -> tuple[str, np.ndarray]:
+        """A writable ``(rows, *image_shape)`` uint8 array, to fill before it is read."""
+        name = uuid.uuid4().hex
+        shape = (rows, *self.image_shape)
+        if self.folder is None:
+            tensor = torch.zeros(shape, dtype=torch.uint8)
+            self._memory[name] = tensor
+            return name, tensor.numpy()
+        path = self._chunk_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return name, np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+
+    def with_entries(self, entries: pd.DataFrame) -> ImageStore:
+        """The same chunks described by new entries (those of this run's files)."""
+        return ImageStore(self.image_shape, self.folder, entries, self._memory)
+
+    # --- lookups --------------------------------------------------------------------
+
+    def checked(self, fingerprints: Sequence[str]) -> pd.DataFrame:
+        """Earlier check results for these fingerprints (NaN rows where none)."""
+        known = self.entries.dropna(subset=["fingerprint"]).drop_duplicates("fingerprint")
+        return known.set_index("fingerprint").reindex(list(fingerprints))
+
+    def locate(self, content_hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk number and row of each image; chunk -1 where the store lacks it."""
+        stored = self.entries.dropna(subset=["chunk"]).drop_duplicates("content_hash")
+        position = pd.Index(stored["content_hash"]).get_indexer(list(content_hashes))
+        found = position >= 0
+        chunk_ids = np.full(len(position), -1, dtype=np.int64)
+        rows = np.zeros(len(position), dtype=np.int64)
+        chunk_ids[found] = pd.Index(self._names).get_indexer(
+            stored["chunk"].to_numpy()[position[found]]
+        )
+        rows[found] = stored["row"].to_numpy(dtype=np.int64)[position[found]]
+        return chunk_ids, rows
+
+    def image(self, chunk_id: int, row: int) -> torch.Tensor:
+        """One ``image_shape`` uint8 image, as located by :meth:`locate`."""
+        name = self._names[chunk_id]
+        if name in self._memory:
+            return self._memory[name][row]
+        if name not in self._mapped:
+            # Copy-on-write mapping: writable views without copying, never written back.
+            self._mapped[name] = np.load(self._chunk_path(name), mmap_mode="c")
+        return torch.from_numpy(self._mapped[name][row])
+
+    def __len__(self) -> int:
+        return int(self.entries["chunk"].notna().sum())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mapped": {}}
+
+    def _chunk_path(self, name: str) -> Path:
+        return Path(self.folder) / "chunks" / f"{name}.npy"
