@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
+from torchvision.transforms import v2
 
 from kedro_torch.checkpoints import CheckpointStore, state_dict_from
-from kedro_torch.config import LossConfig
+from kedro_torch.config import LossConfig, OptimizerConfig
 from kedro_torch.engine import (
     Callback,
     FreezeBackbone,
@@ -32,7 +33,7 @@ from kedro_torch.models import (
     load_pretrained,
     torchvision_weights,
 )
-from kedro_torch.optimisation import balanced_class_weights, build_loss
+from kedro_torch.optimisation import balanced_class_weights, build_loss, build_optimizers
 
 CPU = torch.device("cpu")
 
@@ -689,3 +690,20 @@ def test_freeze_backbone_without_unfreeze_keeps_the_backbone_frozen():
         DataLoader(TensorDataset(images, torch.arange(8) % 2), batch_size=4),
         callbacks=[FreezeBackbone(model, head, unfreeze_at_epoch=None)], epochs=2)
     assert changed(initial, parameters(model)) == head
+
+
+def test_mixup_soft_targets_train_and_count_accuracy(tmp_path):
+    """MixUp gives (batch, classes) targets: the loss takes them, accuracy uses their argmax."""
+    seed_everything(0)
+    images = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(16) % 2
+    mixup = v2.MixUp(alpha=0.4, num_classes=2)
+    soft_batches = DataLoader(TensorDataset(images, targets), batch_size=8,
+                              collate_fn=lambda batch: mixup(*default_collate(batch)))
+    assert next(iter(soft_batches))[1].shape == (8, 2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    (optimizer,) = build_optimizers(model, OptimizerConfig("SGD", {"lr": 0.1}))
+    trainer = Trainer(model, [optimizer], nn.CrossEntropyLoss(), torch.device("cpu"),
+                      LoopSettings(epochs=2))
+    history = trainer.fit(soft_batches)
+    assert all(0 <= row["train_accuracy"] <= 1 for row in history)

@@ -114,6 +114,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices, also from the soft (batch, classes) targets of MixUp and CutMix:
+    their accuracy counts the class with the largest share."""
+    return targets.argmax(dim=1) if targets.ndim == 2 else targets
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module, loader: Iterable, device: torch.device, max_batches: int | None = None
@@ -301,7 +307,7 @@ class Trainer:
                     "(training.clip_grad_norm) or check the inputs of that batch."
                 )
             total_loss += loss.detach() * len(targets)
-            correct += (logits.argmax(dim=1) == targets).sum()
+            correct += (logits.argmax(dim=1) == hard_labels(targets)).sum()
             seen += len(targets)
             for callback in self.callbacks:
                 callback.on_batch_end()
