@@ -217,7 +217,8 @@ def test_clip_grad_value_bounds_every_element_of_the_update():
 
 def test_ema_is_the_model_validated_and_handed_back():
     """eval_model is the AveragedModel's copy: an exponential average of the weights after
-    every optimizer step, different from the raw weights, and what validation scores."""
+    every optimizer step (its decay warming up as (1 + n) / (10 + n) to ema_decay),
+    different from the raw weights, and what validation scores."""
     seed_everything(0)
     model = mlp()
     optimizer = sgd(model, lr=0.5)
@@ -228,8 +229,9 @@ def test_ema_is_the_model_validated_and_handed_back():
 
     assert trainer.eval_model is trainer.ema.module
     expected = after_steps[0]
-    for step in after_steps[1:]:
-        expected = {k: 0.6 * expected[k] + 0.4 * step[k] for k in expected}
+    for n, step in enumerate(after_steps[1:], start=1):
+        decay = min(0.6, (1 + n) / (10 + n))
+        expected = {k: decay * expected[k] + (1 - decay) * step[k] for k in expected}
     ema = weights(trainer.eval_model)
     for name, tensor in expected.items():
         assert torch.allclose(ema[name], tensor, atol=1e-6), name

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from kedro_torch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
@@ -112,6 +112,22 @@ def resolve_device(name: str) -> torch.device:
     if not available.get(name, False):
         raise ValueError(f"training.device: {name!r} is not available on this machine")
     return torch.device(name)
+
+
+def ema_with_warmup(decay: float):
+    """An EMA update whose decay grows as ``(1 + n) / (10 + n)`` up to ``decay``.
+
+    A fixed decay such as 0.999 would keep most of the random initial weights for
+    the first thousands of steps; warming it up (as timm does) lets the average
+    follow the model from the start and still smooth it later.
+    """
+
+    def update(averaged: torch.Tensor, current: torch.Tensor, steps: torch.Tensor
+               ) -> torch.Tensor:
+        rate = ((1 + steps) / (10 + steps)).clamp(max=decay)
+        return averaged + (current - averaged) * (1 - rate)
+
+    return update
 
 
 def hard_labels(targets: torch.Tensor) -> torch.Tensor:
@@ -211,7 +227,7 @@ class Trainer:
             settings.precision
         )
         self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay),
+            AveragedModel(self.model, avg_fn=ema_with_warmup(settings.ema_decay),
                           use_buffers=True)
             if settings.ema_decay is not None else None
         )
