@@ -30,7 +30,9 @@ ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 benchmark: install
-	$(BIN)/python benchmarks/pipeline_overhead.py
+	$(BIN)/python benchmarks/parity.py
+	$(BIN)/python benchmarks/process_cost.py
+	$(BIN)/python benchmarks/data_throughput.py
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db .viz build
