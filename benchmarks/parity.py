@@ -28,7 +28,7 @@ from torch import nn
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from kedro_torch import data, engine
+from kedro_torch import engine, loaders
 from kedro_torch.config import OptimizerConfig
 from kedro_torch.models import SmallCNN
 from kedro_torch.optimisation import build_optimizers
@@ -40,13 +40,15 @@ SEED, LR, BATCH, SIZE = 0, 0.003, 64, 16
 
 
 def train_loader() -> torch.utils.data.DataLoader:
+    """The project's loader over the digits, used by both loops."""
     files = sorted(DIGITS.rglob("*.png"))
     labels = [int(path.parent.name) for path in files]
-    dataset = data.ImageManifestDataset(
-        [str(path) for path in files], labels, 1, data.build_transform(SIZE, [0.5], [0.5])
+    dataset = loaders.ImageManifestDataset(
+        [str(path) for path in files], labels, channels=1, load_size=SIZE, mean=[0.5],
+        std=[0.5],
     )
-    settings = data.LoaderSettings(BATCH, BATCH, num_workers=0, seed=SEED)
-    return data.build_dataloaders({"train": dataset}, settings)["train"]
+    settings = loaders.LoaderSettings(BATCH, BATCH, num_workers=0, seed=SEED)
+    return loaders.build_dataloaders({"train": dataset}, settings)["train"]
 
 
 class EpochTimer(engine.Callback):
