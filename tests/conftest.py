@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["KEDRO_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
@@ -28,3 +29,13 @@ def copy_digits(destination: Path, per_class: int) -> Path:
 def small_digits(tmp_path_factory) -> Path:
     """20 real digit PNGs per class (200 images)."""
     return copy_digits(tmp_path_factory.mktemp("digits"), per_class=20)
+
+
+@pytest.fixture
+def one_thread():
+    """These tensors are tiny: one thread is quicker than a pool whose threads wait on
+    each other, which on a busy 2-core machine made such tests ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,14 +29,8 @@ THIS_MODULE = __name__  # "tests.test_optimisers_and_schedulers": lr_lambda path
 BATCHES = 3  # per epoch: 12 samples in batches of 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is quicker than a pool whose threads wait on
-    each other, which on a busy 2-core machine made these tests ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is quicker (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- functions named by dotted path in scheduler kwargs ---------------------------------

@@ -19,14 +19,8 @@ from kedro_torch.optimisation import build_optimizers, build_schedulers
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is quicker than a pool whose threads wait on
-    each other, which on a busy 2-core machine made these tests ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is quicker (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dataset(n: int, seed: int) -> TensorDataset:

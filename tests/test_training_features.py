@@ -38,14 +38,8 @@ from kedro_torch.optimisation import balanced_class_weights, build_loss, build_o
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is quicker than a pool whose threads wait on
-    each other, which on a busy 2-core machine made these tests ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one thread is quicker (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def separable(n: int, seed: int = 0, flip: bool = False) -> TensorDataset:

@@ -27,6 +27,16 @@ from kedro_torch.image_store import ImageStore
 from kedro_torch.inference import ModelSpec
 
 
+def _writable_filesystem(
+    protocol: str, credentials: dict[str, Any] | None, fs_args: dict[str, Any] | None
+) -> fsspec.AbstractFileSystem:
+    """An fsspec filesystem to write to; locally it creates missing parent folders."""
+    fs_args = dict(fs_args or {})
+    if protocol == "file":
+        fs_args.setdefault("auto_mkdir", True)
+    return fsspec.filesystem(protocol, **(credentials or {}), **fs_args)
+
+
 class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
     """Lists the files and folders under a folder, on any fsspec filesystem, without
     reading them.
@@ -181,10 +191,7 @@ class _TorchFileDataset(AbstractVersionedDataset):
     ):
         protocol, path = get_protocol_and_path(str(filepath), version)
         self._protocol = protocol
-        fs_args = dict(fs_args or {})
-        if protocol == "file":
-            fs_args.setdefault("auto_mkdir", True)
-        self._fs = fsspec.filesystem(protocol, **(credentials or {}), **fs_args)
+        self._fs = _writable_filesystem(protocol, credentials, fs_args)
         self.metadata = metadata
         super().__init__(
             filepath=PurePosixPath(path),
@@ -317,10 +324,7 @@ class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):
         metadata: dict[str, Any] | None = None,
     ):
         protocol, directory = get_protocol_and_path(str(path))
-        fs_args = dict(fs_args or {})
-        if protocol == "file":
-            fs_args.setdefault("auto_mkdir", True)
-        self._fs = fsspec.filesystem(protocol, **(credentials or {}), **fs_args)
+        self._fs = _writable_filesystem(protocol, credentials, fs_args)
         self._directory = directory
         self.metadata = metadata
 
