@@ -89,6 +89,39 @@ def test_build_optimizer_unknown_name_uses_the_default_key():
         build_optimizer(parameters(), "Adamm", {})
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_optimizers_with_a_fused_kernel_use_it(name):
+    optimizer = build_optimizer(parameters(), name, {"lr": 0.1})
+    assert optimizer.param_groups[0]["fused"] is True
+
+
+def test_optimizers_without_a_fused_kernel_are_built_as_asked():
+    optimizer = build_optimizer(parameters(), "RMSprop", {"lr": 0.1})
+    assert "fused" not in optimizer.defaults
+
+
+@pytest.mark.parametrize("choice", [{"fused": False}, {"foreach": True}, {"foreach": False}])
+def test_a_chosen_implementation_is_kept(choice):
+    optimizer = build_optimizer(parameters(), "AdamW", {"lr": 0.1, **choice})
+    assert not optimizer.param_groups[0]["fused"]
+    for argument, value in choice.items():
+        assert optimizer.param_groups[0][argument] is value
+
+
+def test_sparse_gradients_keep_the_default_implementation():
+    """Fused kernels reject sparse gradients at the first step, not when built."""
+    model = nn.EmbeddingBag(10, 3, sparse=True)
+    optimizer = build_optimizer(model, "SGD", {"lr": 0.1})
+    assert not optimizer.param_groups[0]["fused"]
+    model(torch.tensor([[1, 2]])).sum().backward()
+    optimizer.step()
+
+
+def test_rejected_kwargs_name_their_key_with_or_without_fusing():
+    with pytest.raises(ValueError, match=r"^training\.optimizer\.kwargs: AdamW\(lr=-1\) failed"):
+        build_optimizer(parameters(), "AdamW", {"lr": -1})
+
+
 def test_cosine_scheduler_gets_t_max_from_epochs():
     optimizer = build_optimizer(parameters(), "SGD", {"lr": 1.0})
     scheduler = build_scheduler(optimizer, "cosineannealinglr", {"eta_min": 0.1}, epochs=7)

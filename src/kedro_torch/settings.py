@@ -1,13 +1,25 @@
 """Project settings: hooks and configuration loading."""
 
 from kedro_torch.hooks import (
+    BatchedParamsMlflowHook,
     GarbageCollectionHook,
     MlflowArtifactHook,
     MlflowRunHook,
     ParameterValidationHook,
 )
 
-HOOKS = (ParameterValidationHook(), MlflowArtifactHook(), MlflowRunHook(), GarbageCollectionHook())
+# kedro-mlflow's hook is registered here, as a subclass that logs parameters in
+# batches, in place of the one its plugin registers. Hooks registered later run
+# earlier, so it keeps the place the plugin's had: ahead of the project's own.
+HOOKS = (
+    ParameterValidationHook(),
+    MlflowArtifactHook(),
+    MlflowRunHook(),
+    GarbageCollectionHook(),
+    BatchedParamsMlflowHook(),
+)
+# The plugin's distribution name, as older and newer packaging spell it.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
