@@ -82,6 +82,7 @@ def mlflow_run(tmp_path):
     """An active run in a SQLite store of its own."""
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("hooks")  # not the id an earlier test left active elsewhere
     with mlflow.start_run() as run:
         yield run
     mlflow.set_tracking_uri(previous)

@@ -23,6 +23,7 @@ from kedro_torch.loaders import (
     batch_transform,
     build_dataloaders,
     build_transforms,
+    default_num_workers,
     image_transform,
 )
 from tests.image_files import write_image
@@ -129,6 +130,31 @@ def loaders(paths, seed=0, workers=0, sampler="shuffle", **kwargs):
     settings = LoaderSettings(batch_size=8, eval_batch_size=16, num_workers=workers,
                               seed=seed, sampler=sampler)
     return build_dataloaders(datasets, settings)
+
+
+def test_automatic_workers_only_where_there_is_work_for_them(image_paths):
+    """``num_workers: None``: no workers for a split whose every image is cached at its
+    final size with no per-image transform; one per CPU wherever images are decoded or
+    transformed."""
+    entries, store = check_images(image_paths, ImageStore((3, 16, 16)), keep_pixels=True)
+    hashes = entries["content_hash"].tolist()
+    flip = image_transform(build_transforms([("RandomHorizontalFlip", {})], "t"), 16, 16)
+    _, partial = check_images(image_paths[:2], ImageStore((3, 16, 16)), keep_pixels=True)
+    datasets = {
+        "copy_only": dataset(image_paths, store=store, content_hashes=hashes),
+        "transformed": dataset(image_paths, store=store, content_hashes=hashes, transform=flip),
+        "partly_cached": dataset(image_paths, store=partial, content_hashes=hashes),
+        "uncached": dataset(image_paths),
+    }
+    settings = LoaderSettings(batch_size=8, eval_batch_size=16, num_workers=None, seed=0)
+    built = build_dataloaders(datasets, settings)
+    assert {split: loader.num_workers for split, loader in built.items()} == {
+        "copy_only": 0, "transformed": default_num_workers(),
+        "partly_cached": default_num_workers(), "uncached": default_num_workers(),
+    }
+    assert not built["copy_only"].persistent_workers
+    # Copied in the main process, the batch is the one workers decoding the files give.
+    assert torch.equal(first_batch(built["copy_only"])[0], first_batch(built["uncached"])[0])
 
 
 def first_batch(loader) -> tuple[torch.Tensor, torch.Tensor]:

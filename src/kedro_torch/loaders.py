@@ -15,6 +15,7 @@ main process the augmentations leave the global random state untouched.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from kedro_torch import images
 from kedro_torch.distributed import shard_for_this_rank
 from kedro_torch.image_store import ImageStore
 from kedro_torch.optimisation import classes_in, resolve
+
+logger = logging.getLogger(__name__)
 
 TransformSpec = tuple[str, Mapping[str, Any]]
 
@@ -136,6 +139,11 @@ class ImageManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def fully_cached(self) -> bool:
+        """Whether the store holds every image, so that none is decoded on access."""
+        return self._chunks is not None and bool((self._chunks >= 0).all())
+
     def raw_image(self, index: int) -> torch.Tensor:
         """The decoded, resized uint8 image, before any transform."""
         if self._chunks is not None and self._chunks[index] >= 0:
@@ -232,7 +240,7 @@ def class_balanced_sampler(targets: torch.Tensor, generator: torch.Generator) ->
 class LoaderSettings:
     batch_size: int
     eval_batch_size: int
-    num_workers: int
+    num_workers: int | None  # None: per split, see auto_num_workers
     seed: int
     sampler: str = "shuffle"  # or "balanced"
     pin_memory: bool = False
@@ -247,9 +255,11 @@ def build_dataloaders(
 
     Under ``torch.distributed`` every sampler is sharded across the ranks.
     """
-    workers = settings.num_workers
-    loaders = {}
+    loaders, chosen = {}, {}
     for split, dataset in datasets.items():
+        workers = settings.num_workers
+        if workers is None:
+            workers = chosen[split] = auto_num_workers(dataset)
         is_train = split == "train"
         generator = torch.Generator().manual_seed(settings.seed) if is_train else None
         if is_train and settings.sampler == "balanced":
@@ -269,4 +279,21 @@ def build_dataloaders(
             pin_memory=settings.pin_memory,
             generator=generator,
         )
+    if chosen:
+        logger.info("DataLoader workers, chosen per split: %s",
+                    ", ".join(f"{split} {n}" for split, n in chosen.items()))
     return loaders
+
+
+def auto_num_workers(dataset: ImageManifestDataset) -> int:
+    """Workers for ``num_workers: null``: one per CPU, or none where they could only copy.
+
+    When the cache holds every image of a split at its final size and no per-image
+    transform runs, a batch is one copy and one normalisation, well under a
+    millisecond in the main process; starting worker processes and passing batches
+    back from them costs more than that saves (0.8 s of a 2-epoch resnet18 run on
+    the digits, whose whole data pass takes 0.03 s).
+    """
+    if dataset.transform is None and dataset.fully_cached:
+        return 0
+    return default_num_workers()

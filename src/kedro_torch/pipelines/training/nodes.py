@@ -181,7 +181,7 @@ def build_dataloaders(
     settings = loaders.LoaderSettings(
         batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size or 2 * config.batch_size,
-        num_workers=_num_workers(config),
+        num_workers=config.num_workers,
         seed=training.seed,
         sampler=config.sampler,
         pin_memory=engine.resolve_device(training.device).type == "cuda",
