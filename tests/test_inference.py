@@ -15,6 +15,7 @@ from kedro_torch.inference import (
     image_from_array,
     predictions_table,
 )
+from kedro_torch.loaders import ImageManifestDataset, build_transforms, image_transform
 from kedro_torch.models import build_model
 
 SPEC = ModelSpec(model_name="small_cnn", channels=1, image_size=8, mean=[0.5], std=[0.5],
@@ -44,6 +45,42 @@ def images(tmp_path):
 
 def test_spec_round_trips_through_a_dict():
     assert ModelSpec.from_dict(SPEC.to_dict()) == SPEC
+
+
+def test_a_spec_written_before_load_size_and_eval_transforms_still_loads():
+    old = {k: v for k, v in SPEC.to_dict().items() if k not in ("load_size", "eval_transforms")}
+    spec = ModelSpec.from_dict(old)
+    assert spec.decode_size == spec.image_size
+    assert spec.eval_transforms == []
+
+
+def test_inputs_are_prepared_exactly_as_the_test_split_was(tmp_path):
+    """Decoded at load_size (JPEG draft, EXIF, resize), eval transforms, resize,
+    normalisation: the same floats as training's evaluation batches."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, (height, width) in (("small.png", (30, 40)), ("large.jpg", (300, 220))):
+        path = tmp_path / name
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    crop = [{"name": "CenterCrop", "kwargs": {"size": 14}}]
+    spec = ModelSpec(model_name="small_cnn", channels=3, image_size=10, mean=[0.4, 0.5, 0.6],
+                     std=[0.2, 0.25, 0.3], load_size=20, eval_transforms=crop)
+    test_split = ImageManifestDataset(
+        paths, [0, 1], channels=3, load_size=20, mean=spec.mean, std=spec.std,
+        transform=image_transform(build_transforms([("CenterCrop", {"size": 14})], "t"), 10, 20),
+    )
+    expected, _ = test_split.__getitems__([0, 1])
+    assert torch.equal(spec.load_batch(paths), expected)
+    from_images = spec.preprocessor()([spec.decode_image(Image.open(p)) for p in paths[:1]])
+    assert torch.equal(from_images, expected[:1])
+
+
+def test_an_unknown_eval_transform_in_a_spec_names_its_key():
+    spec = ModelSpec(model_name="small_cnn", channels=1, image_size=8, mean=[0.5], std=[0.5],
+                     eval_transforms=[{"name": "CentreCrop", "kwargs": {"size": 4}}])
+    with pytest.raises(ValueError, match=r"model_spec\.eval_transforms\[0\]\.name"):
+        spec.preprocessor()
 
 
 def test_spec_refuses_weights_of_another_architecture():
@@ -78,11 +115,20 @@ def test_arrays_give_the_same_answer_as_the_files_they_came_from(classifier, ima
                                   from_array)
 
 
-@pytest.mark.parametrize("shape", [(9, 9), (9, 9, 1), (9, 9, 3), (9, 9, 4)])
-def test_image_arrays_of_any_channel_count_become_the_model_mode(shape):
-    image = image_from_array(np.zeros(shape, dtype=np.uint8), "L")
-    assert image.mode == "L"
+@pytest.mark.parametrize(("shape", "mode"),
+                         [((9, 9), "L"), ((9, 9, 1), "L"), ((9, 9, 3), "RGB"), ((9, 9, 4), "RGBA")])
+def test_image_arrays_of_any_channel_count_become_the_model_input(shape, mode):
+    image = image_from_array(np.zeros(shape, dtype=np.uint8))
+    assert image.mode == mode
     assert image.size == (9, 9)
+    assert SPEC.decode_image(image).shape == (1, 8, 8)
+
+
+def test_transparent_pixels_of_an_array_meet_the_background_files_get():
+    """RGBA arrays are flattened as training flattens RGBA files, not by dropping alpha."""
+    pixels = np.zeros((9, 9, 4), dtype=np.uint8)  # black and fully transparent
+    from_array = SPEC.decode_image(image_from_array(pixels))
+    assert from_array.min() == 255  # on a white background, as for files
 
 
 @pytest.mark.parametrize(
@@ -93,7 +139,7 @@ def test_image_arrays_of_any_channel_count_become_the_model_mode(shape):
 )
 def test_image_arrays_that_are_not_images_are_refused(pixels, message):
     with pytest.raises(ValueError, match=message):
-        image_from_array(pixels, "L")
+        image_from_array(pixels)
 
 
 def test_predictions_table_has_flat_top_k_columns_sorted_by_probability():

@@ -79,17 +79,23 @@ def decode(data: bytes, size: int, channels: int) -> tuple[np.ndarray, str]:
             image.draft("L" if channels == 1 else "RGB", (size, size))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
-        image = to_channels(image, channels)
-        if image.width * image.height >= TORCH_RESIZE_FROM:
-            # torchvision's antialiased resize gives PIL's pixels at about twice the
-            # speed on larger images; on small ones its per-call cost outweighs that.
-            hwc = torch.from_numpy(np.array(image)).view(image.height, image.width, channels)
-            chw = F.resize(hwc.permute(2, 0, 1).unsqueeze(0), [size, size], antialias=True)
-            return chw[0].contiguous().numpy(), mode
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
+        return squash(to_channels(image, channels), size), mode
+
+
+def squash(image: Image.Image, size: int) -> np.ndarray:
+    """An image in "L" or "RGB" -> ``(channels, size, size)`` uint8 array, resized as
+    :func:`decode` resizes, so images given in memory match images read from files."""
+    channels = len(image.getbands())
+    if image.width * image.height >= TORCH_RESIZE_FROM:
+        # torchvision's antialiased resize gives PIL's pixels at about twice the
+        # speed on larger images; on small ones its per-call cost outweighs that.
+        hwc = torch.from_numpy(np.array(image)).view(image.height, image.width, channels)
+        chw = F.resize(hwc.permute(2, 0, 1).unsqueeze(0), [size, size], antialias=True)
+        return chw[0].contiguous().numpy()
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     pixels = np.asarray(image).reshape(size, size, channels)
-    return np.array(pixels.transpose(2, 0, 1), order="C"), mode  # writable, for torch
+    return np.array(pixels.transpose(2, 0, 1), order="C")  # writable, for torch
 
 
 def to_channels(image: Image.Image, channels: int) -> Image.Image:

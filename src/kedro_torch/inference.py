@@ -2,16 +2,18 @@
 
 Plain PyTorch, pandas and PIL, so a script, a notebook, the inference pipeline and
 the MLflow model all predict the same way. A :class:`ModelSpec` is the small,
-JSON-able description that rebuilds the model and its evaluation transform from a
-``state_dict``; nothing here unpickles anything.
+JSON-able description that rebuilds the model and its evaluation preprocessing
+from a ``state_dict``; nothing here unpickles anything. Images are prepared
+exactly as the validation and test splits were in training (decoded at
+``load_size``, the eval transforms, resized to ``image_size``, normalised), so a
+file predicted here gets the probabilities evaluation measured on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -21,9 +23,8 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps
 from torch import nn
-from torchvision.transforms import v2
 
-from kedro_torch import data, images, models
+from kedro_torch import data, images, loaders, models
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,12 @@ ARRAY_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What rebuilds a trained model and the transform its inputs need."""
+    """What rebuilds a trained model and the preprocessing its inputs need.
+
+    ``load_size`` and ``eval_transforms`` (``{name, kwargs}`` of
+    ``torchvision.transforms.v2`` classes) are training's ``data.load_size`` and
+    ``data.transforms.eval``; specs written before they existed load with none.
+    """
 
     model_name: str
     channels: int
@@ -41,6 +47,8 @@ class ModelSpec:
     mean: list[float]
     std: list[float]
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    load_size: int | None = None
+    eval_transforms: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,31 +68,40 @@ class ModelSpec:
         model.load_state_dict(models.strip_wrapper_prefixes(state_dict))
         return model.eval()
 
-    def transform(self) -> v2.Transform:
-        """Decoded image -> normalised tensor, resized as training decoding resizes."""
-        return v2.Compose([
-            v2.PILToTensor(),
-            v2.Resize((self.image_size, self.image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(self.mean), std=list(self.std)),
-        ])
-
     @property
-    def mode(self) -> str:
-        return {1: "L", 3: "RGB"}[self.channels]
+    def decode_size(self) -> int:
+        return self.load_size or self.image_size
+
+    def preprocessor(self) -> Callable[[Sequence[np.ndarray]], torch.Tensor]:
+        """Decoded ``(channels, decode_size, decode_size)`` uint8 images -> the
+        model's input batch, by training's own eval transform and normalisation."""
+        steps = loaders.build_transforms(
+            [(spec["name"], spec.get("kwargs") or {}) for spec in self.eval_transforms],
+            "model_spec.eval_transforms",
+        )
+        transform = loaders.image_transform(steps, self.image_size, self.decode_size)
+        scale, shift = loaders.normalisation_constants(self.mean, self.std)
+
+        def prepare(decoded: Sequence[np.ndarray]) -> torch.Tensor:
+            pixels = [torch.from_numpy(array) for array in decoded]
+            if transform is not None:
+                pixels = [transform(image) for image in pixels]
+            return torch.stack(pixels).to(torch.float32).mul_(scale).sub_(shift)
+
+        return prepare
+
+    def decode(self, path: str) -> np.ndarray:
+        """An image file as training decodes it (see :func:`images.decode`)."""
+        return images.decode(images.read_bytes(path), self.decode_size, self.channels)[0]
+
+    def decode_image(self, image: Image.Image) -> np.ndarray:
+        """An image in memory, turned the way its file would have been."""
+        image = images.to_channels(ImageOps.exif_transpose(image), self.channels)
+        return images.squash(image, self.decode_size)
 
     def load_batch(self, paths: Sequence[str]) -> torch.Tensor:
         """The images at ``paths`` as the model's input: one normalised tensor batch."""
-        transform = self.transform()
-        return torch.stack([transform(open_image(path, self.channels)) for path in paths])
-
-
-def open_image(path: str, channels: int) -> Image.Image:
-    """An image file in ``channels`` channels, converted exactly as training converts it."""
-    with Image.open(io.BytesIO(images.read_bytes(path))) as image:
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-        return images.to_channels(image, channels)
+        return self.preprocessor()([self.decode(path) for path in paths])
 
 
 def image_files(listing: pd.DataFrame) -> pd.DataFrame:
@@ -106,8 +123,9 @@ def image_files(listing: pd.DataFrame) -> pd.DataFrame:
     return listing[~hidden & is_image].reset_index(drop=True)
 
 
-def image_from_array(pixels: np.ndarray, mode: str) -> Image.Image:
-    """A uint8 pixel array, (H, W) or (H, W, C) with C in 1, 3, 4, as a PIL image in ``mode``."""
+def image_from_array(pixels: np.ndarray) -> Image.Image:
+    """A uint8 pixel array, (H, W) or (H, W, C) with C in 1, 3, 4, as a PIL image ("L",
+    "RGB" or "RGBA"); :meth:`ModelSpec.decode_image` converts it as files are."""
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
         raise ValueError(f"image arrays must hold uint8 pixel values (0-255), got {pixels.dtype}")
@@ -119,8 +137,7 @@ def image_from_array(pixels: np.ndarray, mode: str) -> Image.Image:
             f"an image array must have shape (H, W) or (H, W, C) with C in 1, 3, 4; "
             f"got {pixels.shape}"
         )
-    image = Image.fromarray(pixels, ARRAY_MODES[channels])
-    return image if image.mode == mode else image.convert(mode)
+    return Image.fromarray(pixels, ARRAY_MODES[channels])
 
 
 class ImageClassifier:
@@ -135,7 +152,7 @@ class ImageClassifier:
         self.model = model.to(self.device).eval()
         self.spec = spec
         self.class_names = list(class_names)
-        self.transform = spec.transform()
+        self.prepare = spec.preprocessor()
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], spec: ModelSpec,
@@ -145,27 +162,32 @@ class ImageClassifier:
         return cls(spec.build_model(state_dict, len(class_names)), spec, class_names, device)
 
     @torch.inference_mode()
-    def probabilities(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Softmax probabilities, one row per image, on the CPU."""
-        batch = torch.stack([self.transform(image) for image in images]).to(self.device)
+    def probabilities(self, decoded: Sequence[np.ndarray]) -> torch.Tensor:
+        """Softmax probabilities, one row per decoded image, on the CPU."""
+        batch = self.prepare(decoded).to(self.device)
         return self.model(batch).float().softmax(dim=1).cpu()
 
-    def predict_images(self, images: Sequence[Image.Image], top_k: int,
-                       batch_size: int = 64) -> pd.DataFrame:
-        """One row per image: label, probability and the ``top_k`` best guesses."""
-        if not images:
+    def predict_decoded(self, decoded: Sequence[np.ndarray], top_k: int,
+                        batch_size: int = 64) -> pd.DataFrame:
+        """One row per decoded image: label, probability and the ``top_k`` best guesses."""
+        if not decoded:
             return predictions_table(torch.empty(0, len(self.class_names)), self.class_names,
                                      top_k)
         probabilities = torch.cat([
-            self.probabilities(images[start : start + batch_size])
-            for start in range(0, len(images), batch_size)
+            self.probabilities(decoded[start : start + batch_size])
+            for start in range(0, len(decoded), batch_size)
         ])
         return predictions_table(probabilities, self.class_names, top_k)
 
+    def predict_images(self, images: Sequence[Image.Image], top_k: int,
+                       batch_size: int = 64) -> pd.DataFrame:
+        return self.predict_decoded([self.spec.decode_image(image) for image in images],
+                                    top_k, batch_size)
+
     def predict_arrays(self, arrays: Sequence[np.ndarray], top_k: int,
                        batch_size: int = 64) -> pd.DataFrame:
-        images = [image_from_array(pixels, self.spec.mode) for pixels in arrays]
-        return self.predict_images(images, top_k, batch_size)
+        return self.predict_images([image_from_array(pixels) for pixels in arrays], top_k,
+                                   batch_size)
 
     def predict_paths(self, paths: Sequence[str], top_k: int, batch_size: int = 64
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -181,7 +203,7 @@ class ImageClassifier:
             decoded, positions = [], []
             for position in range(start, min(start + batch_size, len(paths))):
                 try:
-                    decoded.append(open_image(paths[position], self.spec.channels))
+                    decoded.append(self.spec.decode(paths[position]))
                     positions.append(position)
                 except Image.UnidentifiedImageError:
                     failures.append((position, paths[position],
@@ -190,12 +212,12 @@ class ImageClassifier:
                     failures.append((position, paths[position],
                                      f"{type(error).__name__}: {error}"))
             if decoded:
-                table = self.predict_images(decoded, top_k, batch_size)
+                table = self.predict_decoded(decoded, top_k, batch_size)
                 table.index = pd.Index(positions, name="position")
                 tables.append(table)
         for _, path, error in failures:
             logger.warning("Could not read %s: %s", path, error)
-        predictions = pd.concat(tables) if tables else self.predict_images([], top_k)
+        predictions = pd.concat(tables) if tables else self.predict_decoded([], top_k)
         predictions.insert(0, "path", [paths[i] for i in predictions.index])
         failed = pd.DataFrame(failures, columns=["position", "path", "error"])
         return predictions, failed.set_index("position")

@@ -95,6 +95,20 @@ def batch_transform(steps: Sequence[v2.Transform]) -> v2.Transform | None:
     return steps[0] if len(steps) == 1 else v2.RandomChoice(list(steps))
 
 
+def normalisation_constants(
+    mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` such that ``pixels * scale - shift`` is ``(pixels / 255 - mean) / std``.
+
+    Converting uint8 pixels to float first, then scaling and shifting in place, is
+    about 6x faster than one mixed-type multiplication; training and inference both
+    normalise this way, so they give the same floats.
+    """
+    std_tensor = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    scale = 1 / (255 * std_tensor)
+    return scale, torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_tensor
+
+
 # --- the Dataset ------------------------------------------------------------------------
 
 
@@ -132,9 +146,7 @@ class ImageManifestDataset(Dataset):
         self._chunks, self._rows = (
             self.store.locate(content_hashes) if self.store is not None else (None, None)
         )
-        std_tensor = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self._scale = 1 / (255 * std_tensor)
-        self._shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_tensor
+        self._scale, self._shift = normalisation_constants(mean, std)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -170,8 +182,6 @@ class ImageManifestDataset(Dataset):
             # then reaches the main process without one more copy of its floats.
             storage = torch.UntypedStorage._new_shared(batch.numel() * 4)
             out = torch.empty(0, dtype=torch.float32).set_(storage).view(batch.shape)
-        # Converting first, then scaling in place, is about 6x faster than one mixed-type
-        # multiplication.
         return out.copy_(batch).mul_(self._scale).sub_(self._shift)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

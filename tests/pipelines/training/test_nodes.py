@@ -21,6 +21,7 @@ from kedro_torch.datasets import (
     TorchStateDictDataset,
 )
 from kedro_torch.image_store import ImageStore
+from kedro_torch.inference import ImageClassifier, ModelSpec
 from kedro_torch.pipelines.training import create_pipeline, nodes
 from tests.image_files import image_folder, write_empty_file, write_truncated_jpeg
 
@@ -259,11 +260,37 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     assert (tmp_path / "ckpt" / "last.pt").exists()
     spec = catalog.load("model_spec")
     assert spec == {"model_name": "small_cnn", "channels": 1, "image_size": 8, "mean": [0.5],
-                    "std": [0.5], "model_kwargs": {"width": 8}}
+                    "std": [0.5], "model_kwargs": {"width": 8}, "load_size": None,
+                    "eval_transforms": []}
     packaged = catalog.load("mlflow_model")
     assert packaged["registered_model_name"] == "digits"
     assert packaged["metrics"] == {"test_accuracy": report["accuracy"]}
     assert packaged["model_spec"] == spec
+
+
+def test_the_packaged_model_predicts_what_evaluation_measured(small_digits, tmp_path):
+    """With a load size and eval transforms of its own, the spec rebuilds the test
+    split's preprocessing: predicting the test files gives evaluation's probabilities."""
+    data = {**DATA, "load_size": 12,
+            "transforms": {"eval": [{"name": "CenterCrop", "kwargs": {"size": 10}}]}}
+    catalog = run_catalog(small_digits, tmp_path, {**TRAINING, "epochs": 1}, **{
+        "params:data": MemoryDataset(data),
+        "label_map": JSONDataset(filepath=str(tmp_path / "label_map.json")),
+    })
+    SequentialRunner().run(create_pipeline(), catalog)
+    spec = catalog.load("model_spec")
+    assert spec["load_size"] == 12
+    assert spec["eval_transforms"] == [{"name": "CenterCrop", "kwargs": {"size": 10}}]
+    classifier = ImageClassifier.from_state_dict(
+        catalog.load("trained_state_dict"), ModelSpec.from_dict(spec), catalog.load("label_map")
+    )
+    evaluated = catalog.load("test_predictions")
+    predicted, failures = classifier.predict_paths(evaluated["path"].tolist(), top_k=1)
+    assert failures.empty
+    assert predicted["label"].tolist() == evaluated["predicted"].astype(str).tolist()
+    assert predicted["probability"].to_numpy() == pytest.approx(
+        evaluated["probability"].to_numpy(), abs=1e-6
+    )
 
 
 def test_a_truncated_jpeg_and_an_empty_file_are_set_aside_and_training_finishes(

@@ -380,6 +380,9 @@ def package_model(
         image_size=data_config.image_size,
         mean=normalization["mean"],
         std=normalization["std"],
+        load_size=data_config.load_size,
+        eval_transforms=[{"name": spec.name, "kwargs": spec.kwargs}
+                         for spec in data_config.transforms.eval],
     ).to_dict()
     packaged = {
         "state_dict": state_dict,
