@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/kedro run --pipeline training
+	$(BIN)/kedro run --pipelines training
 
 test: install
 	$(BIN)/ruff check src tests benchmarks data/01_raw/write_digits.py

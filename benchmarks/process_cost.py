@@ -336,7 +336,7 @@ def benchmark(repeats: int, retries: int, wait_idle: float, project: Path, epoch
             "plain": ([sys.executable, str(Path(__file__).resolve()), "--plain",
                        "--images", str(project / IMAGES), "--epochs", str(epochs),
                        "--state-dict", str(tmp_dir / "plain_state_dict.pt")], project),
-            "kedro": ([str(kedro), "run", "--pipeline", "training",
+            "kedro": ([str(kedro), "run", "--pipelines", "training",
                        "--params", KEDRO_PARAMS.format(epochs=epochs)], project),
             "stack": ([str(kedro), "run"], stack),
         }

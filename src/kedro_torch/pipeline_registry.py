@@ -8,7 +8,7 @@ from kedro.pipeline import Pipeline
 
 def register_pipelines() -> dict[str, Pipeline]:
     pipelines = find_pipelines(raise_errors=True)
-    # `kedro run --pipeline X` makes Kedro discover only X, so training may be absent.
+    # `kedro run --pipelines X` makes Kedro discover only X, so training may be absent.
     if "training" in pipelines:
         pipelines["__default__"] = pipelines["training"]
     return pipelines

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline export`: TorchScript and torch.export files that match the
+"""`kedro run --pipelines export`: TorchScript and torch.export files that match the
 eager model on the test split at batch sizes 1 and 7."""
 
 import json
@@ -14,7 +14,7 @@ from tests.e2e.conftest import kedro, latest_version
 
 @pytest.fixture(scope="module")
 def exported(finished_run, project):
-    result = kedro(project, "run", "--pipeline", "export")
+    result = kedro(project, "run", "--pipelines", "export")
     assert result.returncode == 0, result.stdout + result.stderr
     return project / "data"
 

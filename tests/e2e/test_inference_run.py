@@ -1,4 +1,4 @@
-"""Predicting a folder of raw images: with `kedro run --pipeline inference`, and with
+"""Predicting a folder of raw images: with `kedro run --pipelines inference`, and with
 the MLflow model the training run logged (in this process and through the
 `mlflow models predict` CLI)."""
 
@@ -41,7 +41,7 @@ def image_folder(test_table, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline_output(project, image_folder):
-    result = kedro(project, "run", "--pipeline", "inference",
+    result = kedro(project, "run", "--pipelines", "inference",
                    "--params", f"inference_images_path={image_folder}")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -104,6 +104,7 @@ def test_model_is_registered_with_the_champion_alias(finished_run):
 
 
 def test_unknown_optimizer_stops_before_any_work(project):
+    # The older --pipeline spelling, as the README mentions it still works.
     result = kedro(project, "run", "--pipeline", "training",
                    "--params", "training.optimizer.name=Adamm")
     assert result.returncode != 0
@@ -119,7 +120,7 @@ def test_fine_tunes_from_the_weights_of_an_earlier_run(finished_run, project, sm
     # The first version is the shared run's (timestamps sort in time order).
     weights = sorted((project / "data/06_models/model_state_dict.pt").glob("*/*.pt"))[0]
     result = kedro(
-        project, "run", "--pipeline", "training", "--params",
+        project, "run", "--pipelines", "training", "--params",
         f"raw_images_path={small_digits},model.pretrained_path={weights},"
         "training.epochs=1,training.progress_bar=false",
     )
