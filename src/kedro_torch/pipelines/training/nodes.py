@@ -381,8 +381,8 @@ def package_model(
         mean=normalization["mean"],
         std=normalization["std"],
         load_size=data_config.load_size,
-        eval_transforms=[{"name": spec.name, "kwargs": spec.kwargs}
-                         for spec in data_config.transforms.eval],
+        eval_transforms=[{"name": step.name, "kwargs": step.kwargs}
+                         for step in data_config.transforms.eval],
     ).to_dict()
     packaged = {
         "state_dict": state_dict,
