@@ -16,7 +16,7 @@ one process and in the same round, times full training epochs of:
 - ``project/<cache>``: the project's own path for ``data.cache`` none, memory and disk:
   ``check_images`` (the pipeline's transform stage, which reads and decodes every
   file once: timed separately as "check"), then ``ImageManifestDataset`` +
-  ``build_dataloaders`` with ``RandomHorizontalFlip`` and the same normalisation.
+  ``build_dataloaders`` with ``RandomHorizontalFlip`` and the same normalization.
   ``disk`` is timed on its second run, which finds every image in the cache.
 
 Same batch size, number of workers (default: every CPU), persistent workers. In each
@@ -46,9 +46,9 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from kedro_torch.data import check_images
-from kedro_torch.image_store import ImageStore
-from kedro_torch.loaders import (
+from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.data import check_images
+from kedro_torch.pytorch.loaders import (
     ImageManifestDataset,
     LoaderSettings,
     build_dataloaders,

@@ -1,7 +1,7 @@
 """Parity of the training engine with a plain hand-written loop.
 
 Trains the same SmallCNN on the bundled digits, with the same data, seed and
-optimizer, twice per round: through ``kedro_torch.engine.Trainer`` (rich progress
+optimizer, twice per round: through ``kedro_torch.pytorch.engine.Trainer`` (rich progress
 bar on, every epoch logged to a real MLflow run in a temporary SQLite store) and
 through the loop below, which is what one would write by hand. It checks that
 the per-epoch training losses agree to 5 decimals and prints the engine's
@@ -28,12 +28,12 @@ from torch import nn
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from kedro_torch import engine, loaders
-from kedro_torch.config import OptimizerConfig
-from kedro_torch.models import SmallCNN
-from kedro_torch.optimisation import build_optimizers
-from kedro_torch.pipelines.training.nodes import MlflowEpochLogger
-from kedro_torch.progress import RichProgressBar
+from kedro_torch.pytorch import engine, loaders
+from kedro_torch.pytorch.config import OptimizerConfig
+from kedro_torch.pytorch.models import SmallCNN
+from kedro_torch.pytorch.optimizers import build_optimizers
+from kedro_torch.pytorch.progress import RichProgressBar
+from kedro_torch.tracking.callbacks import MlflowEpochLogger
 
 DIGITS = Path(__file__).resolve().parents[1] / "data" / "01_raw" / "digits"
 SEED, LR, BATCH, SIZE = 0, 0.003, 64, 16

@@ -21,7 +21,7 @@ from kedro_torch.datasets import (
     TorchScriptDataset,
     TorchStateDictDataset,
 )
-from kedro_torch.image_store import ENTRY_COLUMNS, ImageStore
+from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
 
 
 def state_dict(value: float) -> dict[str, torch.Tensor]:

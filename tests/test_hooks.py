@@ -15,7 +15,6 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from kedro_torch import settings
-from kedro_torch.config import ParameterError
 from kedro_torch.hooks import (
     BatchedParamsMlflowHook,
     device_tags,
@@ -23,6 +22,7 @@ from kedro_torch.hooks import (
     run_name,
     validate_parameters,
 )
+from kedro_torch.pytorch.config import ParameterError
 
 
 def test_run_name_from_model_optimizer_and_learning_rate():

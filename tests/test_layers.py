@@ -4,9 +4,9 @@ in any script or notebook (and on a machine that has only torch)."""
 import subprocess
 import sys
 
-PYTORCH_LAYER = ["checkpoints", "config", "data", "distributed", "engine", "export",
-                 "image_store", "images", "inference", "loaders", "metrics", "models",
-                 "optimisation", "plots", "progress"]
+PYTORCH_LAYER = ["pytorch." + m for m in ["checkpoints", "config", "data", "distributed", "engine", "export",
+                 "cache", "images", "inference", "loaders", "metrics", "models",
+                 "optimizers", "plots", "progress"]]
 
 # Imports the modules one by one in a fresh interpreter and names any that pulled
 # in Kedro or MLflow (one interpreter: torch is imported once, not fifteen times).

@@ -19,12 +19,12 @@ from kedro.io.core import get_filepath_str, get_protocol_and_path
 from mlflow import MlflowClient
 from torch.export import ExportedProgram
 
-from kedro_torch import mlflow_model
-from kedro_torch.checkpoints import CheckpointStore, load_weights, state_dict_from
-from kedro_torch.data import ImageTable
-from kedro_torch.distributed import is_main_process
-from kedro_torch.image_store import ImageStore
-from kedro_torch.inference import ModelSpec
+from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.checkpoints import CheckpointStore, load_weights, state_dict_from
+from kedro_torch.pytorch.data import ImageTable
+from kedro_torch.pytorch.distributed import is_main_process
+from kedro_torch.pytorch.inference import ModelSpec
+from kedro_torch.tracking import model as mlflow_model
 
 
 def _writable_filesystem(
@@ -95,7 +95,7 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
 class ImageTableDataset(AbstractDataset[None, ImageTable]):
     """A CSV or Parquet table listing images (chosen by the file's extension).
 
-    Loads an :class:`~kedro_torch.data.ImageTable`: the table, read as text so
+    Loads an :class:`~kedro_torch.pytorch.data.ImageTable`: the table, read as text so
     labels such as ``007`` stay as written, and the folder it sits in, from which
     the pipeline resolves relative image paths. ``filepath: null`` makes an optional
     input that loads as ``None``, for runs that read an image folder instead.
@@ -142,7 +142,7 @@ class ImageTableDataset(AbstractDataset[None, ImageTable]):
 
 
 class ImageStoreDataset(AbstractDataset[ImageStore, ImageStore]):
-    """The decoded-image cache in a local folder (see :mod:`kedro_torch.image_store`).
+    """The decoded-image cache in a local folder (see :mod:`kedro_torch.pytorch.cache`).
 
     Loads the store saved there, or an empty one bound to the folder; saving a
     store writes its index and deletes the chunk files no longer used. The chunks
@@ -259,7 +259,7 @@ class TorchStateDictDataset(_TorchFileDataset):
 
 class MlflowImageClassifierDataset(AbstractDataset[dict, None]):
     """Logs the trained classifier to the active MLflow run as a model that takes raw
-    images (see :mod:`kedro_torch.mlflow_model`), registers it, and moves the
+    images (see :mod:`kedro_torch.tracking.model`), registers it, and moves the
     registry alias ``champion_alias`` to it only if it beats the current holder.
 
     Saves a mapping with ``state_dict``, ``model_spec`` (a dict), ``label_map``,
@@ -310,7 +310,7 @@ class MlflowImageClassifierDataset(AbstractDataset[dict, None]):
 class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):
     """The folder where training writes a checkpoint every epoch.
 
-    Loads a :class:`~kedro_torch.checkpoints.CheckpointStore` for the train node
+    Loads a :class:`~kedro_torch.pytorch.checkpoints.CheckpointStore` for the train node
     to write to and resume from: checkpoints are written during the node, so the
     catalog hands over the place rather than receiving a finished object.
     """

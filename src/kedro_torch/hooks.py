@@ -23,8 +23,9 @@ from mlflow import MlflowClient
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from kedro_torch import engine, loaders, models, optimisation
-from kedro_torch.config import (
+from kedro_torch.pytorch import engine, loaders, models
+from kedro_torch.pytorch import optimizers as optimization
+from kedro_torch.pytorch.config import (
     DataConfig,
     EvaluationConfig,
     ExportConfig,
@@ -34,7 +35,7 @@ from kedro_torch.config import (
     TrainingConfig,
     parse,
 )
-from kedro_torch.distributed import is_main_process
+from kedro_torch.pytorch.distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +59,15 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> None:
     if "training" in configs:
         training = configs["training"]
         names = [
-            (training.optimizer.name, optimisation.optimizer_classes(), "optimizer.name"),
-            (training.optimizer.fallback.name, optimisation.optimizer_classes(),
+            (training.optimizer.name, optimization.optimizer_classes(), "optimizer.name"),
+            (training.optimizer.fallback.name, optimization.optimizer_classes(),
              "optimizer.fallback.name"),
-            (training.scheduler.name, optimisation.scheduler_classes(), "scheduler.name"),
-            (training.loss.name, optimisation.loss_classes(), "loss.name"),
+            (training.scheduler.name, optimization.scheduler_classes(), "scheduler.name"),
+            (training.loss.name, optimization.loss_classes(), "loss.name"),
         ]
         for name, registry, key in names:
             if name is not None:
-                optimisation.resolve(name, registry, f"training.{key}")
+                optimization.resolve(name, registry, f"training.{key}")
 
 
 class ParameterValidationHook:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kedro_torch.export import max_abs_difference
-from kedro_torch.inference import ModelSpec
+from kedro_torch.pytorch.export import max_abs_difference
+from kedro_torch.pytorch.inference import ModelSpec
 from tests.e2e.conftest import kedro, latest_version
 
 

@@ -48,7 +48,7 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
 def test_logged_model_predicts_raw_images_of_any_batch_size(finished_run, batch):
     _, run = finished_run
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    # Raw pixels of any size: the model resizes and normalises as in training.
+    # Raw pixels of any size: the model resizes and normalizes as in training.
     images = np.random.default_rng(0).integers(0, 256, size=(batch, 8, 8), dtype=np.uint8)
     predictions = model.predict(images)
     assert len(predictions) == batch

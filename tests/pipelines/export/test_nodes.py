@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kedro_torch.models import build_model
 from kedro_torch.pipelines.export import nodes
+from kedro_torch.pytorch.models import build_model
 
 SPEC = {"model_name": "small_cnn", "channels": 1, "image_size": 8, "mean": [0.5],
         "std": [0.5], "model_kwargs": {"width": 4}}

@@ -8,10 +8,10 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from kedro_torch.config import ParameterError
 from kedro_torch.datasets import ImageFolderDataset
-from kedro_torch.models import build_model
 from kedro_torch.pipelines.inference import create_pipeline, nodes
+from kedro_torch.pytorch.config import ParameterError
+from kedro_torch.pytorch.models import build_model
 
 SPEC = {"model_name": "small_cnn", "channels": 1, "image_size": 8, "mean": [0.5],
         "std": [0.5], "model_kwargs": {"width": 4}}

@@ -11,8 +11,6 @@ from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 from matplotlib.figure import Figure
 
-from kedro_torch.config import ParameterError
-from kedro_torch.data import ImageTable
 from kedro_torch.datasets import (
     CheckpointDirectoryDataset,
     ImageFolderDataset,
@@ -20,9 +18,11 @@ from kedro_torch.datasets import (
     ImageTableDataset,
     TorchStateDictDataset,
 )
-from kedro_torch.image_store import ImageStore
-from kedro_torch.inference import ImageClassifier, ModelSpec
 from kedro_torch.pipelines.training import create_pipeline, nodes
+from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.config import ParameterError
+from kedro_torch.pytorch.data import ImageTable
+from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec
 from tests.image_files import image_folder, write_empty_file, write_truncated_jpeg
 
 DATA = {
@@ -95,7 +95,7 @@ def test_transform_is_deterministic_for_a_seed(listing):
     assert not first["split"].equals(third["split"])
 
 
-def test_transform_computes_the_normalisation_from_the_training_split(listing):
+def test_transform_computes_the_normalization_from_the_training_split(listing):
     data = {**DATA, "normalize": {"mean": None, "std": None}}
     frame, *_, decoded, _ = transform(ingest(listing), data)
     stats = transform(ingest(listing), data)[2]
@@ -165,7 +165,7 @@ def test_manifest_paths_with_no_file_stop_the_run_naming_them(small_digits):
         transform(manifest, data)
 
 
-def test_dataloaders_yield_normalised_batches(transformed):
+def test_dataloaders_yield_normalized_batches(transformed):
     frame, _, normalization, _, decoded, _ = transformed
     loaders = nodes.build_dataloaders(frame, normalization, decoded, DATA, TRAINING)
     assert set(loaders) == {"train", "val", "test"}

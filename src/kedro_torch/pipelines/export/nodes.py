@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch.export import ExportedProgram
 
-from kedro_torch import export
-from kedro_torch.config import ExportConfig, parse
-from kedro_torch.inference import ModelSpec
+from kedro_torch.pytorch import export
+from kedro_torch.pytorch.config import ExportConfig, parse
+from kedro_torch.pytorch.inference import ModelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from kedro_torch import engine
-from kedro_torch.config import InferenceConfig, parse
-from kedro_torch.inference import ImageClassifier, ModelSpec, image_files
+from kedro_torch.pytorch import engine
+from kedro_torch.pytorch.config import InferenceConfig, parse
+from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec, image_files
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Thin Kedro nodes: parameters in, PyTorch layer called, outputs back to the catalog.
 
-Each node reads its parameter sections through :mod:`kedro_torch.config`, so a
+Each node reads its parameter sections through :mod:`kedro_torch.pytorch.config`, so a
 mistyped key fails with its YAML name. MLflow is touched only through the
 catalog and the epoch callback below.
 """
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -20,9 +18,12 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kedro_torch import data, engine, image_store, loaders, metrics, models, optimisation, plots
-from kedro_torch.checkpoints import CheckpointStore
-from kedro_torch.config import (
+from kedro_torch.pytorch import cache as image_store
+from kedro_torch.pytorch import data, engine, loaders, metrics, models, plots
+from kedro_torch.pytorch import optimizers as optimization
+from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.checkpoints import CheckpointStore
+from kedro_torch.pytorch.config import (
     DataConfig,
     EvaluationConfig,
     InferenceConfig,
@@ -32,37 +33,11 @@ from kedro_torch.config import (
     TrainingConfig,
     parse,
 )
-from kedro_torch.distributed import is_main_process
-from kedro_torch.image_store import ImageStore
-from kedro_torch.inference import ModelSpec
-from kedro_torch.progress import RichProgressBar
+from kedro_torch.pytorch.inference import ModelSpec
+from kedro_torch.pytorch.progress import RichProgressBar
+from kedro_torch.tracking.callbacks import MlflowEpochLogger
 
 logger = logging.getLogger(__name__)
-
-
-class MlflowEpochLogger(engine.Callback):
-    """Logs each epoch's metrics to the active MLflow run as it ends (step = epoch).
-
-    Logging is asynchronous so the store's latency never holds up training; the
-    queue is flushed when training ends.
-    """
-
-    def __init__(self) -> None:
-        # Without a buffering interval, MLflow's logging thread waits on its queue in
-        # 1 s polls that stopping it cannot cut short: flushing at the end of training
-        # and closing the run each lose up to a second. With one, the thread sleeps on
-        # an event that stopping sets. A value the user set is kept.
-        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if mlflow.active_run() is not None and is_main_process():
-            mlflow.log_metrics(
-                {name: value for name, value in metrics.items() if name != "epoch"},
-                step=epoch, synchronous=False,
-            )
-
-    def on_fit_end(self) -> None:
-        mlflow.flush_async_logging()
 
 
 def ingest_images(
@@ -87,7 +62,7 @@ def prepare_model_input(
 ) -> tuple[pd.DataFrame, dict[str, int], dict, dict, ImageStore, ImageStore]:
     """Check every image once, set unreadable ones aside, encode labels and split.
 
-    Returns the model input, the label map, the normalisation statistics, the
+    Returns the model input, the label map, the normalization statistics, the
     data-quality report, the decoded images for the DataLoaders (``data.cache``)
     and the on-disk cache to save (left as it was unless ``data.cache`` is disk).
     """
@@ -253,14 +228,14 @@ def train_model(
         deterministic=config.deterministic, detect_anomaly=config.detect_anomaly,
         nan_guard=config.nan_guard, max_batches_per_epoch=config.max_batches_per_epoch,
     )
-    optimizers = optimisation.build_optimizers(model, config.optimizer)
+    optimizers = optimization.build_optimizers(model, config.optimizer)
     batches = min(len(train_loader), config.max_batches_per_epoch or len(train_loader))
-    schedulers = optimisation.build_schedulers(
+    schedulers = optimization.build_schedulers(
         optimizers, config.scheduler, config.epochs,
         steps_per_epoch=math.ceil(batches / config.accumulate_grad_batches),
         monitor_mode=config.mode,
     )
-    loss_fn = optimisation.build_loss(
+    loss_fn = optimization.build_loss(
         config.loss, getattr(train_loader.dataset, "targets", None), len(label_map)
     )
     callbacks: list[engine.Callback] = [MlflowEpochLogger()]

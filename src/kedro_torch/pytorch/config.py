@@ -1,0 +1,380 @@
+"""Typed parameters, checked before any work starts.
+
+Every YAML section is read into a frozen dataclass. Unknown keys, wrong types and
+values out of range raise :class:`ParameterError` naming the full YAML key
+(``training.optimizer.name``), so a typo is caught at the door instead of after an
+hour of training. Resolving names (optimizers, models, ...) is done by the modules
+that own those registries; this module only checks shape and types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ParameterError(ValueError):
+    """A parameter is missing, unknown, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class NamedSpec:
+    """A class chosen by name in a registry, with its keyword arguments."""
+
+    name: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 42
+    group_column: str | None = None
+
+    def validate(self, key: str) -> None:
+        fractions = {"train": self.train, "val": self.val, "test": self.test}
+        for name, value in fractions.items():
+            if not 0 <= value <= 1:
+                raise ParameterError(f"{key}.{name} must lie in [0, 1], got {value}")
+        if self.train <= 0 or self.test <= 0:
+            raise ParameterError(f"{key}.train and {key}.test must be greater than 0")
+        if abs(sum(fractions.values()) - 1) > 1e-6:
+            raise ParameterError(
+                f"{key}.train + {key}.val + {key}.test must sum to 1, got {sum(fractions.values())}"
+            )
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    # Both null: computed from the training split.
+    mean: list[float] | None = field(default_factory=lambda: [0.5])
+    std: list[float] | None = field(default_factory=lambda: [0.5])
+
+    @property
+    def computed(self) -> bool:
+        return self.mean is None
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    path_column: str = "path"
+    label_column: str = "label"
+
+
+@dataclass(frozen=True)
+class TransformsConfig:
+    """``torchvision.transforms.v2`` classes by name; the names are resolved by
+    :mod:`kedro_torch.pytorch.loaders`, which owns that registry."""
+
+    train: list[NamedSpec] = field(default_factory=list)
+    eval: list[NamedSpec] = field(default_factory=list)
+    train_batch: list[NamedSpec] = field(default_factory=list)
+
+    def validate(self, key: str) -> None:
+        for stage in ("train", "eval", "train_batch"):
+            for i, spec in enumerate(getattr(self, stage)):
+                if not spec.name:
+                    raise ParameterError(f"{key}.{stage}[{i}].name is required")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["folder", "manifest"] = "folder"
+    manifest: ManifestConfig = field(default_factory=ManifestConfig)
+    image_size: int = 16
+    load_size: int | None = None
+    channels: Literal[1, 3] = 1
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    transforms: TransformsConfig = field(default_factory=TransformsConfig)
+    max_bad_fraction: float = 0.01
+    cache: Literal["none", "memory", "disk"] = "memory"
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    num_workers: int | None = None
+    persistent_workers: bool = True
+    prefetch_factor: int | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def validate(self, key: str) -> None:
+        _positive(self.image_size, f"{key}.image_size")
+        _positive(self.batch_size, f"{key}.batch_size")
+        for optional in ("load_size", "eval_batch_size", "prefetch_factor"):
+            if getattr(self, optional) is not None:
+                _positive(getattr(self, optional), f"{key}.{optional}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ParameterError(f"{key}.num_workers must be 0 or more, got {self.num_workers}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ParameterError(
+                f"{key}.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}"
+            )
+        if (self.normalize.mean is None) != (self.normalize.std is None):
+            raise ParameterError(
+                f"{key}.normalize.mean and {key}.normalize.std must both be given, or both "
+                "be null (computed from the training split)"
+            )
+        for stat in ("mean", "std"):
+            values = getattr(self.normalize, stat) or []
+            if values and len(values) not in (1, self.channels):
+                raise ParameterError(
+                    f"{key}.normalize.{stat} needs 1 or {self.channels} values "
+                    f"(data.channels), got {len(values)}"
+                )
+        if any(value <= 0 for value in self.normalize.std or []):
+            raise ParameterError(f"{key}.normalize.std values must be greater than 0")
+        self.split.validate(f"{key}.split")
+
+    @property
+    def decode_size(self) -> int:
+        """The size images are decoded, cached and augmented at."""
+        return self.load_size or self.image_size
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Read by the catalog entry `pretrained_state_dict`; kept here so it is logged.
+    pretrained_path: str | None = None
+    pretrained_strict: bool = False
+    weights: str | None = None
+    freeze_backbone: bool = False
+    unfreeze_at_epoch: int | None = None
+
+    def validate(self, key: str) -> None:
+        if self.weights and self.pretrained_path:
+            raise ParameterError(
+                f"{key}.weights and {key}.pretrained_path both set: choose one source of weights"
+            )
+        if self.unfreeze_at_epoch is not None:
+            if not self.freeze_backbone:
+                raise ParameterError(f"{key}.unfreeze_at_epoch needs {key}.freeze_backbone: true")
+            _positive(self.unfreeze_at_epoch, f"{key}.unfreeze_at_epoch")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str | None = "AdamW"
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 0.003, "weight_decay": 0.0001})
+    no_weight_decay_on_norm_and_bias: bool = False
+    head_lr: float | None = None
+    # For the parameters the main optimizer cannot take (Muon: all but 2-D weights;
+    # SparseAdam: all with dense gradients).
+    fallback: NamedSpec = field(default_factory=lambda: NamedSpec("AdamW"))
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: str | None = "CosineAnnealingLR"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    interval: Literal["epoch", "step"] | None = None
+    warmup_epochs: int = 0
+    warmup_start_factor: float = 0.01
+
+    def validate(self, key: str) -> None:
+        if self.warmup_epochs < 0:
+            raise ParameterError(f"{key}.warmup_epochs must be 0 or more")
+        if not 0 < self.warmup_start_factor <= 1:
+            raise ParameterError(f"{key}.warmup_start_factor must lie in (0, 1]")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str | None = "CrossEntropyLoss"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    class_weights: Literal["balanced"] | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+PRECISIONS = ("32", "bf16", "16")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 10
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    precision: int | str = 32
+    accumulate_grad_batches: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    ema_decay: float | None = None
+    monitor: str = "val_loss"
+    monitor_mode: Literal["auto", "min", "max"] = "auto"
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    keep_best: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    detect_anomaly: bool = False
+    nan_guard: bool = True
+    max_batches_per_epoch: int | None = None
+    resume: bool | Literal["auto"] = False
+    progress_bar: bool = True
+
+    def validate(self, key: str) -> None:
+        _positive(self.epochs, f"{key}.epochs")
+        _positive(self.accumulate_grad_batches, f"{key}.accumulate_grad_batches")
+        for spec in ("optimizer", "loss"):
+            if not getattr(self, spec).name:
+                raise ParameterError(f"{key}.{spec}.name is required")
+        if str(self.precision) not in PRECISIONS:
+            raise ParameterError(
+                f"{key}.precision must be one of 32, bf16, 16, got {self.precision!r}"
+            )
+        for name in ("clip_grad_norm", "clip_grad_value", "max_batches_per_epoch"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"{key}.{name}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ParameterError(f"{key}.ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.early_stopping.patience is not None:
+            _positive(self.early_stopping.patience, f"{key}.early_stopping.patience")
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """``monitor_mode``, with ``auto`` read off the metric's name."""
+        if self.monitor_mode != "auto":
+            return self.monitor_mode
+        return "min" if "loss" in self.monitor else "max"
+
+
+
+def parse(cls: type, data: Mapping[str, Any] | None, key: str) -> Any:
+    """Build dataclass ``cls`` from a parameters mapping found under YAML key ``key``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ParameterError(f"{key} must be a mapping, got {type(data).__name__}: {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParameterError(
+            f"unknown parameter {', '.join(f'{key}.{k}' for k in unknown)}; "
+            f"valid keys under {key}: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(hints[name], data[name], f"{key}.{name}") for name in data}
+    config = cls(**values)
+    if hasattr(config, "validate"):
+        config.validate(key)
+    return config
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [arg for arg in args if arg is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except ParameterError as error:
+                errors.append(str(error).removeprefix(f"{key} "))
+        raise ParameterError(f"{key} {' or '.join(errors)}")
+    if dataclasses.is_dataclass(hint):
+        return parse(hint, value, key)
+    if origin is Literal:
+        # Compare types too: True == 1 and 3.0 == 3, but neither is a valid choice.
+        if not any(type(value) is type(arg) and value == arg for arg in args):
+            choices = ", ".join(repr(arg) for arg in args)
+            raise ParameterError(f"{key} must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ParameterError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ParameterError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    return _scalar(hint, value, key)
+
+
+def _scalar(hint: type, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, hint):
+        return value
+    raise ParameterError(f"{key} must be {hint.__name__}, got {type(value).__name__}: {value!r}")
+
+
+def _positive(value: int, key: str) -> None:
+    if value <= 0:
+        raise ParameterError(f"{key} must be greater than 0, got {value}")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    top_k: int = 3
+    calibration_bins: int = 10
+    gallery_size: int = 8
+
+    def validate(self, key: str) -> None:
+        for name in ("top_k", "calibration_bins", "gallery_size"):
+            _positive(getattr(self, name), f"{key}.{name}")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    registered_model_name: str = "kedro_torch"
+    system_metrics_interval: float | None = 5.0
+
+    def validate(self, key: str) -> None:
+        if not self.registered_model_name.strip():
+            raise ParameterError(f"{key}.registered_model_name must not be empty")
+        if self.system_metrics_interval is not None:
+            _positive(self.system_metrics_interval, f"{key}.system_metrics_interval")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    top_k: int = 3
+    batch_size: int = 64
+
+    def validate(self, key: str) -> None:
+        _positive(self.top_k, f"{key}.top_k")
+        _positive(self.batch_size, f"{key}.batch_size")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 7])
+    tolerance: float = 1e-5
+
+    def validate(self, key: str) -> None:
+        if not self.batch_sizes:
+            raise ParameterError(f"{key}.batch_sizes needs at least one batch size")
+        for i, size in enumerate(self.batch_sizes):
+            _positive(size, f"{key}.batch_sizes[{i}]")
+        if self.tolerance < 0:
+            raise ParameterError(f"{key}.tolerance must be 0 or more, got {self.tolerance}")

@@ -1,0 +1,428 @@
+"""From raw image files to a checked, labelled, split manifest.
+
+Plain PyTorch, pandas and PIL: usable from a script or a notebook without Kedro. A
+*manifest* is a DataFrame with one row per image (``path``, ``relative_path``,
+``label``, any extra columns); checking adds what decoding each file found, and
+splitting adds ``target`` and ``split``. How the images are then fed to a model is
+:mod:`kedro_torch.pytorch.loaders`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import posixpath
+from collections import Counter
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader, Dataset
+
+from kedro_torch.pytorch import images
+from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+SPLITS = ("train", "val", "test")
+# Columns the pipeline adds to a manifest; a manifest table may not bring its own.
+RESERVED_COLUMNS = frozenset(
+    {"path", "relative_path", "label", "target", "split", "missing", *ENTRY_COLUMNS}
+)
+CHECK_BATCH = 64  # files per message between checking workers and the main process
+
+
+class ImageTable(NamedTuple):
+    """A table listing images, and the folder its relative paths start from."""
+
+    frame: pd.DataFrame
+    folder: str
+
+
+# --- sources -----------------------------------------------------------------------
+
+
+def manifest_from_listing(listing: pd.DataFrame) -> pd.DataFrame:
+    """Keep the image files of a folder listing and label each by its class folder.
+
+    ``listing`` has ``path`` (openable), ``relative_path`` (``<class>/<file>``) and
+    ``is_dir`` columns, as :class:`kedro_torch.datasets.ImageFolderDataset` loads it.
+    Hidden files and files of other types are skipped and counted in the log; a
+    class folder left without any image stops the run, naming it.
+    """
+    relative = listing["relative_path"].map(posixpath.normpath).str.split("/")
+    hidden = relative.map(lambda parts: any(part.startswith(".") for part in parts))
+    is_dir = listing["is_dir"].astype(bool)
+    suffix = relative.map(lambda parts: posixpath.splitext(parts[-1])[1].lower())
+    is_image = ~is_dir & suffix.isin(IMAGE_EXTENSIONS)
+    in_class_folder = relative.str.len() >= 2
+    keep = ~hidden & is_image & in_class_folder
+    files = ~is_dir & ~hidden
+    skipped = {
+        "hidden": int((~is_dir & hidden).sum()),
+        "not an image": int((files & ~is_image).sum()),
+        "outside a class folder": int((files & is_image & ~in_class_folder).sum()),
+    }
+    if any(skipped.values()):
+        logger.info(
+            "Skipped files: %s", ", ".join(f"{n} {why}" for why, n in skipped.items() if n)
+        )
+    labels = relative[keep].str[0]
+    class_folders = set(relative[is_dir & ~hidden & (relative.str.len() == 1)].str[0])
+    empty = sorted(class_folders - set(labels))
+    if empty:
+        raise ValueError(
+            f"class folders without any image: {', '.join(map(repr, empty))}; add images "
+            f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folders"
+        )
+    if not keep.any():
+        raise ValueError(
+            "no images found: expected one subfolder per class holding files with "
+            f"extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        )
+    manifest = pd.DataFrame(
+        {
+            "path": listing["path"][keep].to_numpy(),
+            "relative_path": listing["relative_path"][keep].to_numpy(),
+            "label": labels.to_numpy(),
+        }
+    )
+    return _sorted_and_counted(manifest)
+
+
+def manifest_from_table(table: ImageTable, path_column: str, label_column: str,
+                        key: str = "data.manifest") -> pd.DataFrame:
+    """A manifest from a table of image paths and labels; extra columns are kept.
+
+    Relative paths start from the table's own folder, so a dataset folder holding
+    its CSV can be moved or copied anywhere. Rows without a label stop the run.
+    """
+    frame = table.frame
+    for column, name in ((path_column, "path_column"), (label_column, "label_column")):
+        if column not in frame.columns:
+            raise ValueError(
+                f"{key}.{name}: the manifest has no column {column!r}; its columns are "
+                f"{', '.join(map(repr, frame.columns))}"
+            )
+    extra = [c for c in frame.columns if c not in (path_column, label_column)]
+    clashing = sorted(set(extra) & RESERVED_COLUMNS)
+    if clashing:
+        raise ValueError(
+            f"the manifest's columns {', '.join(map(repr, clashing))} clash with columns "
+            "the pipeline adds; rename them"
+        )
+    labels = frame[label_column]
+    unlabelled = labels.isna() | (labels.astype(str).str.strip() == "")
+    if unlabelled.any():
+        rows = frame.index[unlabelled]
+        raise ValueError(
+            f"{int(unlabelled.sum())} manifest rows have no label in column {label_column!r} "
+            f"({key}.label_column), e.g. {_listing(frame[path_column][rows].astype(str))}"
+        )
+    if frame[path_column].isna().any():
+        raise ValueError(f"manifest rows without a path in column {path_column!r}")
+    written = frame[path_column].astype(str)
+    manifest = pd.DataFrame(
+        {
+            "path": written.map(lambda p: _resolve(table.folder, p)).to_numpy(),
+            "relative_path": written.to_numpy(),
+            "label": labels.astype(str).to_numpy(),
+        }
+    )
+    for column in extra:
+        manifest[column] = frame[column].to_numpy()
+    return _sorted_and_counted(manifest)
+
+
+def _resolve(folder: str, path: str) -> str:
+    if "://" in path or posixpath.isabs(path):
+        return path
+    if "://" in folder:
+        return f"{folder.rstrip('/')}/{posixpath.normpath(path)}"
+    return posixpath.normpath(posixpath.join(folder, path))
+
+
+def _sorted_and_counted(manifest: pd.DataFrame) -> pd.DataFrame:
+    # Sorted, so the manifest does not depend on listing order.
+    manifest = manifest.sort_values("relative_path", ignore_index=True)
+    logger.info(
+        "Found %d images in %d classes", len(manifest), manifest["label"].nunique()
+    )
+    return manifest
+
+
+# --- checking ------------------------------------------------------------------------
+
+
+class _FileChecker(Dataset):
+    """Lets a DataLoader's workers check files in parallel, in order."""
+
+    def __init__(self, paths: Sequence[str], size: int, channels: int, keep_pixels: bool):
+        self.paths, self.size, self.channels = list(paths), size, channels
+        self.keep_pixels = keep_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> images.FileCheck:
+        return images.check_file(self.paths[index], self.size, self.channels, self.keep_pixels)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def check_images(
+    paths: Sequence[str],
+    store: ImageStore,
+    *,
+    keep_pixels: bool,
+    use_fingerprints: bool = False,
+    num_workers: int = 0,
+) -> tuple[pd.DataFrame, ImageStore]:
+    """Open and decode every file once, at the store's image shape.
+
+    Returns one row of :data:`~kedro_torch.pytorch.cache.ENTRY_COLUMNS` per path (plus
+    ``missing``), and the store with this run's entries. With ``keep_pixels`` the
+    decoded images go into a new chunk of the store; with ``use_fingerprints``
+    files whose fingerprint the store already knows are not read at all.
+    """
+    channels, size, _ = store.image_shape
+    fingerprints = [_fingerprint(path) for path in paths] if use_fingerprints else None
+    if fingerprints is not None:
+        entries = store.checked([f or "" for f in fingerprints]).reset_index()
+        entries["fingerprint"] = fingerprints
+        entries["missing"] = [f is None for f in fingerprints]
+        known = entries["content_hash"].notna().to_numpy()
+    else:
+        entries = pd.DataFrame({column: [None] * len(paths) for column in ENTRY_COLUMNS})
+        entries["missing"] = False
+        known = np.zeros(len(paths), dtype=bool)
+    todo = np.flatnonzero(~known & ~entries["missing"].to_numpy(dtype=bool))
+    chunk, array = store.new_chunk(len(todo)) if keep_pixels and len(todo) else (None, None)
+    checker = _FileChecker([paths[i] for i in todo], size, channels, keep_pixels)
+    loader = DataLoader(checker, batch_size=CHECK_BATCH, num_workers=num_workers,
+                        collate_fn=_as_list)
+    columns = {c: entries[c].to_numpy(dtype=object).copy() for c in [*ENTRY_COLUMNS, "missing"]}
+    checks = (check for batch in loader for check in batch)
+    for position, (row, check) in enumerate(zip(todo, checks, strict=True)):
+        if check.pixels is not None:
+            array[position] = check.pixels
+        found = {
+            "content_hash": check.content_hash, "reason": check.reason, "mode": check.mode,
+            "pixel_sum": check.pixel_sum, "pixel_sumsq": check.pixel_sumsq,
+            "chunk": chunk if check.pixels is not None else None,
+            "row": position if check.pixels is not None else -1, "missing": check.missing,
+        }
+        for column, value in found.items():
+            columns[column][row] = value
+    if isinstance(array, np.memmap):
+        array.flush()
+    entries = pd.DataFrame(columns)
+    logger.info(
+        "Checked %d files: %d decoded now, %d known from the cache", len(paths), len(todo),
+        int(known.sum()),
+    )
+    kept = entries[~entries["missing"].astype(bool)][list(ENTRY_COLUMNS)]
+    return entries, store.with_entries(kept)
+
+
+def _fingerprint(path: str) -> str | None:
+    try:
+        return images.fingerprint(path)
+    except FileNotFoundError:
+        return None
+
+
+def set_aside_bad_files(
+    manifest: pd.DataFrame, max_bad_fraction: float, key: str = "data.max_bad_fraction"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a checked manifest into usable rows and unreadable ones.
+
+    Stops the run when a listed file does not exist (a manifest that points
+    nowhere), or when the share of unreadable files exceeds ``max_bad_fraction``.
+    """
+    missing = manifest["missing"].astype(bool)
+    if missing.any():
+        raise ValueError(
+            f"{int(missing.sum())} listed images have no file behind them: "
+            f"{_listing(manifest.loc[missing, 'path'])}"
+        )
+    bad = manifest["reason"].notna()
+    fraction = float(bad.mean())
+    if fraction > max_bad_fraction:
+        examples = (manifest.loc[bad, "relative_path"] + " (" + manifest.loc[bad, "reason"] + ")")
+        raise ValueError(
+            f"{int(bad.sum())} of {len(manifest)} images ({fraction:.1%}) cannot be read, more "
+            f"than {key} = {max_bad_fraction}: {_listing(examples)}"
+        )
+    if bad.any():
+        logger.warning(
+            "Set aside %d unreadable files (see the data-quality report): %s",
+            int(bad.sum()), _listing(manifest.loc[bad, "relative_path"]),
+        )
+    return manifest[~bad].reset_index(drop=True), manifest[bad].reset_index(drop=True)
+
+
+def _listing(values: pd.Series, limit: int = 10) -> str:
+    shown = ", ".join(map(repr, values.iloc[:limit]))
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+# --- labels and splits ---------------------------------------------------------------
+
+
+def encode_labels(labels: Sequence[str]) -> dict[str, int]:
+    """Map class names to indices in sorted order, as ``ImageFolder`` does."""
+    return {name: index for index, name in enumerate(sorted(set(labels)))}
+
+
+def split_keys(content_hashes: Sequence[str], groups: Sequence | None = None) -> np.ndarray:
+    """The key each row is split by: rows sharing a key always share a split.
+
+    Without groups the key is the file's content hash, so exact duplicates land
+    together and a file keeps its split whatever else is added. With groups, rows
+    of a group share its key, and groups holding the same file are joined under
+    the smallest of their keys. Rows without a group count as groups of their own.
+    """
+    hashes = [str(h) for h in content_hashes]
+    if groups is None:
+        return np.array([f"file:{h}" for h in hashes], dtype=object)
+    own = [
+        f"file:{h}" if g is None or (isinstance(g, float) and math.isnan(g)) else f"group:{g}"
+        for h, g in zip(hashes, groups, strict=True)
+    ]
+    parent = {key: key for key in own}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    first_with_hash: dict[str, str] = {}
+    for key, digest in zip(own, hashes, strict=True):
+        other = first_with_hash.setdefault(digest, key)
+        a, b = root(key), root(other)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(key) for key in own], dtype=object)
+
+
+def assign_splits(keys: Sequence[str], fractions: dict[str, float], seed: int) -> np.ndarray:
+    """train/val/test for each key, from a seeded hash of the key alone.
+
+    The hash maps a key to a number in [0, 1) that is compared with the cumulative
+    fractions. Nothing else in the data takes part, so adding files never moves a
+    file already split (a test image never drifts into training), and every class
+    is split in the given proportions in expectation.
+    """
+    edges = np.cumsum([fractions[split] for split in SPLITS])
+    position = np.array([_unit_hash(str(key), seed) for key in keys], dtype=np.float64)
+    index = np.minimum(np.searchsorted(edges, position, side="right"), len(SPLITS) - 1)
+    return np.asarray(SPLITS, dtype=object)[index]
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def check_split(
+    labels: Sequence[str], splits: Sequence[str], fractions: dict[str, float],
+    key: str = "data.split",
+) -> dict[str, list[str]]:
+    """Stop on classes too small to split; return the splits some class missed.
+
+    A class is too small when the smallest non-zero fraction of it is under one
+    image. A class split without any training image stops the run too; one that
+    by chance missed val or test is only reported: its images are all in use.
+    """
+    counts = pd.crosstab(pd.Series(labels, name="label"), pd.Series(splits, name="split"))
+    counts = counts.reindex(columns=list(SPLITS), fill_value=0)
+    smallest = min(f for f in fractions.values() if f > 0)
+    needed = math.ceil(1 / smallest - 1e-9)
+    sizes = counts.sum(axis=1)
+    too_small = sizes[sizes < needed]
+    if not too_small.empty:
+        raise ValueError(
+            f"classes with too few images for {key} (at least {needed} each for "
+            f"{', '.join(f'{s} {fractions[s]}' for s in SPLITS)}): "
+            + ", ".join(f"{label!r} ({n})" for label, n in too_small.items())
+        )
+    no_train = counts.index[counts["train"] == 0]
+    if len(no_train):
+        raise ValueError(
+            f"classes without any training image under {key}.seed: "
+            f"{', '.join(map(repr, no_train))}; change {key}.seed or add images"
+        )
+    missed = {
+        split: [str(label) for label in counts.index[counts[split] == 0]]
+        for split in ("val", "test") if fractions[split] > 0
+    }
+    for split, labels_missed in missed.items():
+        if labels_missed:
+            logger.warning("No %s images for classes %s", split, ", ".join(labels_missed))
+    return {split: names for split, names in missed.items() if names}
+
+
+# --- statistics and report -----------------------------------------------------------
+
+
+def normalization_from_sums(
+    pixel_sums: Sequence[np.ndarray], pixel_sumsqs: Sequence[np.ndarray], pixels_per_image: int
+) -> dict[str, list[float]]:
+    """Per-channel mean and std of pixel values scaled to [0, 1], from per-image sums."""
+    count = len(pixel_sums) * pixels_per_image
+    total = np.sum(np.stack(list(pixel_sums)), axis=0) / 255
+    total_sq = np.sum(np.stack(list(pixel_sumsqs)), axis=0) / 255**2
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0))
+    return {"mean": [round(float(v), 6) for v in mean],
+            "std": [round(float(max(v, 1e-6)), 6) for v in std]}
+
+
+def quality_report(
+    checked: pd.DataFrame,
+    bad: pd.DataFrame,
+    model_input: pd.DataFrame,
+    missed_splits: dict[str, list[str]],
+    max_bad_fraction: float,
+) -> dict:
+    """What the data-quality check found, for people: unreadable files, duplicates,
+    the image modes met, and the class and split sizes that came out."""
+    duplicates = model_input[model_input.duplicated("content_hash", keep=False)]
+    sets = [
+        {"paths": group["relative_path"].tolist(), "labels": sorted(set(group["label"]))}
+        for _, group in duplicates.groupby("content_hash", sort=True)
+    ]
+    return {
+        "files_checked": len(checked),
+        "images_used": len(model_input),
+        "bad_files": [
+            {"path": row.path, "relative_path": row.relative_path, "label": row.label,
+             "reason": row.reason}
+            for row in bad.itertuples()
+        ],
+        "bad_fraction": round(len(bad) / max(len(checked), 1), 6),
+        "max_bad_fraction": max_bad_fraction,
+        "duplicates": {
+            "files": len(duplicates),
+            "extra_copies": len(duplicates) - len(sets),
+            "sets_with_conflicting_labels": sum(len(s["labels"]) > 1 for s in sets),
+            "sets": sets,
+        },
+        "image_modes": dict(sorted(Counter(checked["mode"].dropna()).items())),
+        "images_per_class": {
+            str(k): int(v) for k, v in model_input["label"].value_counts().sort_index().items()
+        },
+        "images_per_split": {
+            s: int((model_input["split"] == s).sum()) for s in SPLITS
+        },
+        "classes_missing_from_split": missed_splits,
+    }

@@ -1,0 +1,557 @@
+"""The training loop.
+
+``Trainer.fit`` runs epochs of ``train_one_epoch`` and ``evaluate``, the way
+torchvision's reference script does, with the features that script and Lightning
+offer switched on by :class:`LoopSettings`. It knows nothing of Kedro or MLflow:
+progress leaves through :class:`Callback` objects. Per-batch statistics are summed
+on the device and read once per epoch, so the loop adds no device synchronisation
+beyond what a hand-written loop has (the NaN guard's check is the one exception,
+and it can be turned off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
+
+from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
+from kedro_torch.pytorch.optimizers import ScheduledLR
+
+logger = logging.getLogger(__name__)
+
+
+class Callback:
+    """Hooks into :meth:`Trainer.fit`; override only what you need."""
+
+    def on_fit_start(self, epochs: int, batches_per_epoch: int, first_epoch: int) -> None: ...
+
+    def on_epoch_start(self, epoch: int) -> None: ...
+
+    def on_batch_end(self) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def on_fit_end(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop trains; the defaults give a plain fp32 loop."""
+
+    epochs: int
+    precision: Literal["32", "bf16", "16"] = "32"
+    accumulate_grad_batches: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    ema_decay: float | None = None
+    monitor: str = "val_loss"
+    monitor_mode: Literal["min", "max"] = "min"
+    early_stopping_patience: int | None = None
+    min_delta: float = 0.0
+    keep_best: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    detect_anomaly: bool = False
+    nan_guard: bool = True
+    max_batches_per_epoch: int | None = None
+
+    @property
+    def restores_best(self) -> bool:
+        """Early stopping always hands back the best epoch, not the last."""
+        return self.keep_best or self.early_stopping_patience is not None
+
+
+@dataclass
+class TrainState:
+    """What changes from epoch to epoch and goes into a checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    stale_epochs: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for a repeatable run."""
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA, then MPS, then the CPU; an explicit choice must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {
+        "cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()
+    }
+    if not available.get(name, False):
+        raise ValueError(f"training.device: {name!r} is not available on this machine")
+    return torch.device(name)
+
+
+def ema_with_warmup(decay: float):
+    """An EMA update whose decay grows as ``(1 + n) / (10 + n)`` up to ``decay``.
+
+    A fixed decay such as 0.999 would keep most of the random initial weights for
+    the first thousands of steps; warming it up (as timm does) lets the average
+    follow the model from the start and still smooth it later.
+    """
+
+    def update(averaged: torch.Tensor, current: torch.Tensor, steps: torch.Tensor
+               ) -> torch.Tensor:
+        rate = ((1 + steps) / (10 + steps)).clamp(max=decay)
+        return averaged + (current - averaged) * (1 - rate)
+
+    return update
+
+
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices, also from the soft (batch, classes) targets of MixUp and CutMix:
+    their accuracy counts the class with the largest share."""
+    return targets.argmax(dim=1) if targets.ndim == 2 else targets
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, loader: Iterable, device: torch.device, max_batches: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets of a whole loader (or its first ``max_batches``), on the CPU."""
+    model.eval()
+    all_logits, all_targets = [], []
+    for index, (images, targets) in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        all_logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+        all_targets.append(targets)
+    return torch.cat(all_logits), torch.cat(all_targets)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
+    max_batches: int | None = None,
+) -> EpochResult:
+    """Mean loss and accuracy over a loader (or its first ``max_batches``)."""
+    model.eval()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for index, (images, targets) in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        logits = model(images)
+        total_loss += loss_fn(logits, targets) * len(targets)
+        correct += (logits.argmax(dim=1) == targets).sum()
+        seen += len(targets)
+    return EpochResult(total_loss.item() / seen, correct.item() / seen)
+
+
+class FreezeBackbone(Callback):
+    """Trains only the named (head) parameters until ``unfreeze_at_epoch``, if given.
+
+    Frozen parameters get no gradient, so every optimizer leaves them as they are;
+    they stay in the optimizer, so unfreezing needs no new parameter group.
+    """
+
+    def __init__(self, model: nn.Module, trainable: set[str], unfreeze_at_epoch: int | None):
+        self.model, self.trainable, self.unfreeze_at_epoch = model, trainable, unfreeze_at_epoch
+
+    def on_epoch_start(self, epoch: int) -> None:
+        frozen = self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(not frozen or name in self.trainable)
+        if epoch == self.unfreeze_at_epoch:
+            logger.info("Epoch %d: backbone unfrozen, every parameter trains", epoch)
+
+
+class Trainer:
+    """Fits one model; holds what a checkpoint must restore."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        loss_fn: nn.Module,
+        device: torch.device,
+        settings: LoopSettings,
+        schedulers: Sequence[ScheduledLR] = (),
+        callbacks: Sequence[Callback] = (),
+        checkpoints: CheckpointStore | None = None,
+    ):
+        if settings.precision == "16" and device.type != "cuda":
+            raise ValueError("training.precision: 16 (float16 with a gradient scaler) needs a "
+                             f"CUDA device, not {device.type}; use bf16 instead")
+        self.model = model.to(device)
+        if settings.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizers = list(optimizers)
+        self.lbfgs = any(isinstance(o, torch.optim.LBFGS) for o in self.optimizers)
+        if self.lbfgs and (settings.accumulate_grad_batches > 1 or settings.precision == "16"):
+            raise ValueError("training.optimizer.name: LBFGS re-evaluates the loss itself; it "
+                             "cannot accumulate gradients or use float16 scaling")
+        self.loss_fn = loss_fn.to(device)
+        self.device = device
+        self.settings = settings
+        self.schedulers = list(schedulers)
+        self.callbacks = list(callbacks)
+        self.checkpoints = checkpoints
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(
+            settings.precision
+        )
+        self.ema = (
+            AveragedModel(self.model, avg_fn=ema_with_warmup(settings.ema_decay),
+                          use_buffers=True)
+            if settings.ema_decay is not None else None
+        )
+        self.train_model = torch.compile(self.model) if settings.compile else self.model
+        self.state = TrainState()
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, saved and evaluated: the EMA's if there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def fit(
+        self,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None = None,
+        resume: bool | Literal["auto"] = False,
+    ) -> list[dict[str, float]]:
+        """Train up to ``settings.epochs``; return one row of metrics per epoch.
+
+        A row holds ``epoch`` (from 1), ``train_loss``, ``train_accuracy``, ``val_loss``
+        and ``val_accuracy`` (with a validation loader) and the ``lr`` of the epoch's
+        start. With ``resume``, training continues from the last checkpoint.
+        """
+        self._check_monitor(val_loader)
+        generators = _sampler_generators(train_loader)
+        if resume:
+            self._resume(resume, generators)
+        for callback in self.callbacks:
+            callback.on_fit_start(self.settings.epochs, self._batches(train_loader),
+                                  self.state.epoch + 1)
+        with self._global_modes():
+            while self.state.epoch < self.settings.epochs and not self._should_stop():
+                epoch = self.state.epoch + 1
+                for callback in self.callbacks:
+                    callback.on_epoch_start(epoch)
+                row = self._run_epoch(epoch, train_loader, val_loader)
+                self.state.epoch = epoch
+                self.state.history.append(row)
+                self._track_best(row)
+                if self.checkpoints is not None:
+                    self.checkpoints.save(self.checkpoint(generators))
+                for callback in self.callbacks:
+                    callback.on_epoch_end(epoch, row)
+        for callback in self.callbacks:
+            callback.on_fit_end()
+        if self.settings.restores_best and self.best_weights is not None:
+            logger.info("Keeping epoch %d, best %s = %.5f", self.state.best_epoch,
+                        self.settings.monitor, self.state.best_metric)
+            self.eval_model.load_state_dict(self.best_weights)
+        return self.state.history
+
+    def _run_epoch(
+        self, epoch: int, train_loader: DataLoader, val_loader: DataLoader | None
+    ) -> dict[str, float]:
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        train = self.train_one_epoch(train_loader, epoch)
+        row: dict[str, float] = {
+            "epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy
+        }
+        if val_loader is not None:
+            val = evaluate(self.eval_model, val_loader, self.loss_fn, self.device,
+                           self.settings.max_batches_per_epoch)
+            row |= {"val_loss": val.loss, "val_accuracy": val.accuracy}
+        row["lr"] = lr
+        for scheduled in self.schedulers:
+            if scheduled.on_metric:
+                scheduled.scheduler.step(row[self.settings.monitor])
+            elif scheduled.interval == "epoch":
+                scheduled.scheduler.step()
+        return row
+
+    def train_one_epoch(self, loader: DataLoader, epoch: int) -> EpochResult:
+        self.train_model.train()
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        batches = self._batches(loader)
+        accumulate = self.settings.accumulate_grad_batches
+        for index, (images, targets) in enumerate(loader):
+            if index >= batches:
+                break
+            images = images.to(self.device, non_blocking=True)
+            if self.settings.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(self.device, non_blocking=True)
+            step_now = (index + 1) % accumulate == 0 or index + 1 == batches
+            logits, loss = self._train_step(images, targets, step_now, accumulate)
+            if self.settings.nan_guard and not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch}, batch {index + 1}: training "
+                    "diverged. Lower the learning rate, clip gradients "
+                    "(training.clip_grad_norm) or check the inputs of that batch."
+                )
+            total_loss += loss.detach() * len(targets)
+            correct += (logits.argmax(dim=1) == hard_labels(targets)).sum()
+            seen += len(targets)
+            for callback in self.callbacks:
+                callback.on_batch_end()
+        return EpochResult(total_loss.item() / seen, correct.item() / seen)
+
+    def _train_step(
+        self, images: torch.Tensor, targets: torch.Tensor, step_now: bool, accumulate: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.lbfgs:
+            return self._lbfgs_step(images, targets)
+        with self._autocast():
+            logits = self.train_model(images)
+            loss = self.loss_fn(logits, targets)
+        self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+        if step_now:
+            self._clip_gradients()
+            for optimizer in self.optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            self._after_optimizer_step()
+        return logits, loss
+
+    def _lbfgs_step(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LBFGS evaluates the loss several times per step, through a closure."""
+        last: dict[str, torch.Tensor] = {}
+
+        def closure() -> torch.Tensor:
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                last["logits"] = self.train_model(images)
+                last["loss"] = self.loss_fn(last["logits"], targets)
+            last["loss"].backward()
+            self._clip_gradients()
+            return last["loss"]
+
+        for optimizer in self.optimizers:
+            optimizer.step(closure)
+        self._after_optimizer_step()
+        return last["logits"], last["loss"]
+
+    def _clip_gradients(self) -> None:
+        if self.settings.clip_grad_norm is None and self.settings.clip_grad_value is None:
+            return
+        for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if self.settings.clip_grad_value is not None:
+            value = self.settings.clip_grad_value
+            nn.utils.clip_grad_value_([p for p in parameters if not p.grad.is_sparse], value)
+            for parameter in parameters:  # sparse embeddings (SparseAdam): clamp_ has no kernel
+                if parameter.grad.is_sparse:
+                    parameter.grad = parameter.grad.coalesce()  # sum repeated rows first
+                    parameter.grad.values().clamp_(-value, value)
+        if self.settings.clip_grad_norm is not None:
+            _clip_grad_norm(parameters, self.settings.clip_grad_norm)
+
+    def _after_optimizer_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        for scheduled in self.schedulers:
+            if scheduled.interval == "step":
+                scheduled.scheduler.step()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _batches(self, loader: DataLoader) -> int:
+        limit = self.settings.max_batches_per_epoch
+        return len(loader) if limit is None else min(limit, len(loader))
+
+    # --- the monitored metric ------------------------------------------------------
+
+    def _check_monitor(self, val_loader: DataLoader | None) -> None:
+        needs_monitor = self.settings.restores_best or any(s.on_metric for s in self.schedulers)
+        monitor = self.settings.monitor
+        known = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+        if needs_monitor and monitor not in known:
+            raise ValueError(f"training.monitor: unknown metric {monitor!r}. Valid: "
+                             f"{', '.join(sorted(known))}")
+        if needs_monitor and monitor.startswith("val_") and val_loader is None:
+            users = [s.scheduler.__class__.__name__ for s in self.schedulers if s.on_metric]
+            users += ["early stopping / keep_best"] if self.settings.restores_best else []
+            raise ValueError(
+                f"training.monitor: {', '.join(users)} needs {monitor}, but there is no "
+                "validation split (data.split.val is 0). Add one or monitor a train_ metric."
+            )
+
+    def _track_best(self, row: dict[str, float]) -> None:
+        if self.settings.monitor not in row:
+            return
+        value, best = row[self.settings.monitor], self.state.best_metric
+        delta = self.settings.min_delta
+        improved = best is None or (
+            value < best - delta if self.settings.monitor_mode == "min" else value > best + delta
+        )
+        if improved:
+            self.state.best_metric, self.state.best_epoch = value, int(row["epoch"])
+            self.state.stale_epochs = 0
+            if self.settings.restores_best:
+                self.best_weights = {
+                    k: v.detach().cpu().clone() for k, v in self.eval_model.state_dict().items()
+                }
+                if self.checkpoints is not None:
+                    self.checkpoints.save(self.best_weights, "best.pt")
+        else:
+            self.state.stale_epochs += 1
+
+    def _should_stop(self) -> bool:
+        patience = self.settings.early_stopping_patience
+        if patience is not None and self.state.stale_epochs >= patience:
+            logger.info("Early stopping after epoch %d: %s has not improved for %d epochs",
+                        self.state.epoch, self.settings.monitor, patience)
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def _global_modes(self) -> Iterator[None]:
+        """Deterministic algorithms and anomaly detection for this fit only."""
+        previous = torch.are_deterministic_algorithms_enabled()
+        previous_benchmark = torch.backends.cudnn.benchmark
+        if self.settings.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        try:
+            with torch.autograd.set_detect_anomaly(self.settings.detect_anomaly):
+                yield
+        finally:
+            torch.use_deterministic_algorithms(previous)
+            torch.backends.cudnn.benchmark = previous_benchmark
+
+    # --- checkpoints ---------------------------------------------------------------
+
+    def checkpoint(self, generators: list[torch.Generator]) -> dict[str, Any]:
+        """Everything needed to continue this run exactly where it stands."""
+        return {
+            "epoch": self.state.epoch,
+            "planned_epochs": self.settings.epochs,
+            "history": self.state.history,
+            "best_metric": self.state.best_metric,
+            "best_epoch": self.state.best_epoch,
+            "stale_epochs": self.state.stale_epochs,
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.scheduler.state_dict() for s in self.schedulers],
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": capture_rng_state(generators),
+        }
+
+    def _resume(self, resume: bool | Literal["auto"], generators: list[torch.Generator]) -> None:
+        state = self.checkpoints.load() if self.checkpoints is not None else None
+        if state is None:
+            where = self.checkpoints or "(no checkpoint folder)"
+            if resume != "auto":
+                raise FileNotFoundError(
+                    f"training.resume is true but there is no checkpoint in {where}. Set "
+                    "training.resume: auto to start afresh when there is none."
+                )
+            logger.info("training.resume: auto, and no checkpoint in %s: starting afresh", where)
+            return
+        self._check_schedule_length(state["planned_epochs"])
+        self.model.load_state_dict(state["model"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        for scheduled, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduled.scheduler.load_state_dict(saved)
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.settings.restores_best:
+            self.best_weights = self.checkpoints.load("best.pt")
+        restore_rng_state(state["rng"], generators)
+        self.state = TrainState(state["epoch"], list(state["history"]), state["best_metric"],
+                                state["best_epoch"], state["stale_epochs"])
+        logger.info("Resumed from %s after epoch %d", self.checkpoints, self.state.epoch)
+
+
+    def _check_schedule_length(self, planned_epochs: int) -> None:
+        """A resumed scheduler keeps the length it was built with; say so when it matters."""
+        if planned_epochs == self.settings.epochs or not self.schedulers:
+            return
+        names = {type(s.scheduler).__name__ for s in self.schedulers}
+        if "OneCycleLR" in names and self.settings.epochs > planned_epochs:
+            raise ValueError(
+                f"training.epochs: the checkpoint's OneCycleLR was sized for {planned_epochs} "
+                f"epochs and cannot run {self.settings.epochs}; resume with training.epochs "
+                f"<= {planned_epochs}, or start afresh (training.resume: false)"
+            )
+        logger.warning(
+            "Resuming a run planned for %d epochs with training.epochs=%d: %s keep the "
+            "schedule of the run that started (lengths such as T_max are not rescaled)",
+            planned_epochs, self.settings.epochs, ", ".join(sorted(names)),
+        )
+
+
+def _clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_``, also for the sparse gradients of sparse embeddings
+    (SparseAdam), whose norm older torch versions (2.11, say) cannot take."""
+    if not any(p.grad.is_sparse for p in parameters):
+        nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    for parameter in parameters:
+        if parameter.grad.is_sparse:
+            parameter.grad = parameter.grad.coalesce()  # sum repeated rows first
+    grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in parameters]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.mul_(scale)
+
+
+def _sampler_generators(loader: DataLoader) -> list[torch.Generator]:
+    """The generators that decide the training order: the loader's and its sampler's."""
+    candidates = [
+        loader.generator,
+        getattr(loader.sampler, "generator", None),
+        getattr(getattr(loader.batch_sampler, "sampler", None), "generator", None),
+    ]
+    unique: dict[int, torch.Generator] = {}
+    for generator in candidates:
+        if generator is not None:
+            unique.setdefault(id(generator), generator)
+    return list(unique.values())

@@ -1,0 +1,170 @@
+"""Decoding image files of any kind into uint8 arrays of one shape, and checking them.
+
+Plain PIL, NumPy and torchvision. One function, :func:`decode`, turns the bytes of a file into a
+``(channels, size, size)`` uint8 array; the data-quality check, the cache and the
+DataLoaders all call it, so a cached image is exactly the image a DataLoader would
+have decoded itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as F
+
+# Transparent pixels are composited on white: scans, icons and logos with an alpha
+# channel are drawn on white far more often than on black.
+BACKGROUND = (255, 255, 255, 255)
+ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+SIXTEEN_BIT_MAX = 65535
+TORCH_RESIZE_FROM = 96 * 96  # source pixels from which torch resizes faster than PIL
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What decoding one file found: either ``pixels`` or the ``reason`` it failed."""
+
+    reason: str | None = None
+    missing: bool = False
+    content_hash: str | None = None
+    mode: str | None = None
+    pixels: np.ndarray | None = None  # (channels, size, size) uint8
+    pixel_sum: np.ndarray | None = None  # per channel, for the normalization statistics
+    pixel_sumsq: np.ndarray | None = None
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file; plain paths skip fsspec's URL parsing, which costs per file."""
+    if "://" not in path:
+        with open(path, "rb") as file:
+            return file.read()
+    with fsspec.open(path, "rb") as file:
+        return file.read()
+
+
+def fingerprint(path: str) -> str:
+    """Changes whenever the file changes: its path, size and modification time.
+
+    Raises FileNotFoundError when there is no file.
+    """
+    if "://" not in path:
+        status = os.stat(path)
+        return f"{path}|{status.st_size}|{status.st_mtime_ns}"
+    filesystem, inner = fsspec.core.url_to_fs(path)
+    return f"{path}|{filesystem.ukey(inner)}"
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode(data: bytes, size: int, channels: int) -> tuple[np.ndarray, str]:
+    """Bytes of an image file -> ``(channels, size, size)`` uint8 array and the file's mode.
+
+    JPEGs are decoded straight at the smallest scale (1/2, 1/4, 1/8) that still covers
+    ``size`` (``Image.draft``), which skips most of the decoding work for large photos.
+    The EXIF orientation is applied, so phone photos are the right way up. Images
+    are squashed to a square with an antialiased bilinear resize.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        mode = image.mode
+        if image.format == "JPEG":
+            image.draft("L" if channels == 1 else "RGB", (size, size))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return squash(to_channels(image, channels), size), mode
+
+
+def squash(image: Image.Image, size: int) -> np.ndarray:
+    """An image in "L" or "RGB" -> ``(channels, size, size)`` uint8 array, resized as
+    :func:`decode` resizes, so images given in memory match images read from files."""
+    channels = len(image.getbands())
+    if image.width * image.height >= TORCH_RESIZE_FROM:
+        # torchvision's antialiased resize gives PIL's pixels at about twice the
+        # speed on larger images; on small ones its per-call cost outweighs that.
+        hwc = torch.from_numpy(np.array(image)).view(image.height, image.width, channels)
+        chw = F.resize(hwc.permute(2, 0, 1).unsqueeze(0), [size, size], antialias=True)
+        return chw[0].contiguous().numpy()
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image).reshape(size, size, channels)
+    return np.array(pixels.transpose(2, 0, 1), order="C")  # writable, for torch
+
+
+def to_channels(image: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode -> "L" (``channels=1``) or "RGB" (``channels=3``).
+
+    PIL's own ``convert`` clips 16- and 32-bit integer pixels at 255, which turns a
+    16-bit scan white, and drops alpha, which turns transparent pixels black; both
+    are handled here before converting.
+    """
+    target = "L" if channels == 1 else "RGB"
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        image = _integer_to_8_bits(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ALPHA_MODES:
+        image = _on_background(image)
+    if image.mode == target:
+        return image
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # CMYK, YCbCr, 1, P, ...: through RGB
+    return image.convert(target)
+
+
+def _integer_to_8_bits(image: Image.Image) -> Image.Image:
+    """Scale integer pixels to 0..255: 16-bit by 65535; 32-bit by 65535 when its values
+    fit in 16 bits (PIL reads many 16-bit files as "I"), else by the image's maximum."""
+    values = np.asarray(image).astype(np.float64)
+    top = max(float(values.max(initial=0)), 1.0)
+    scale = SIXTEEN_BIT_MAX if image.mode.startswith("I;16") or top <= SIXTEEN_BIT_MAX else top
+    eight_bits = np.clip(np.rint(values * (255 / scale)), 0, 255).astype(np.uint8)
+    return Image.fromarray(eight_bits, mode="L")
+
+
+def _on_background(image: Image.Image) -> Image.Image:
+    if image.mode == "La":
+        image = image.convert("LA")  # PIL has no La -> RGBA conversion
+    background = Image.new("RGBA", image.size, BACKGROUND)
+    return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+
+
+def check_file(path: str, size: int, channels: int, keep_pixels: bool) -> FileCheck:
+    """Read and decode one file once; a file that fails is described, never raised.
+
+    Decoding untrusted bytes can fail in PIL with many exception types (OSError,
+    SyntaxError, ValueError, struct.error, EOFError, ...), hence the broad catch:
+    the point is to set the file aside and carry on.
+    """
+    try:
+        data = read_bytes(path)
+    except FileNotFoundError:
+        return FileCheck(reason="no file at this path", missing=True)
+    except OSError as error:
+        return FileCheck(reason=f"cannot read: {error}")
+    digest = content_hash(data)
+    if not data:
+        return FileCheck(reason="empty file (0 bytes)", content_hash=digest)
+    try:
+        pixels, mode = decode(data, size, channels)
+    except UnidentifiedImageError:
+        return FileCheck(reason="not an image: PIL cannot identify it", content_hash=digest)
+    except Image.DecompressionBombError as error:
+        return FileCheck(reason=f"too large to decode safely: {error}", content_hash=digest)
+    except Exception as error:
+        return FileCheck(reason=f"cannot decode: {error}", content_hash=digest)
+    flat = pixels.reshape(channels, -1).astype(np.int64)
+    return FileCheck(
+        content_hash=digest,
+        mode=mode,
+        pixels=pixels if keep_pixels else None,
+        pixel_sum=flat.sum(axis=1).astype(np.float64),
+        pixel_sumsq=(flat * flat).sum(axis=1).astype(np.float64),
+    )

@@ -1,0 +1,309 @@
+"""Feeding checked images to a model: transforms, the Dataset, samplers, DataLoaders.
+
+Plain PyTorch. Per image, a ``(channels, size, size)`` uint8 tensor comes from the
+:class:`~kedro_torch.pytorch.cache.ImageStore` when it holds the image, or is decoded
+from the file; the per-image transforms (``torchvision.transforms.v2``, chosen by
+name) run on it; then a whole batch is converted to float and normalized at once,
+and the batch transforms (MixUp, CutMix) run on it.
+
+Randomness: the training sampler pairs every index with a seed drawn from one
+seeded generator, and each image's transforms run under that seed. So the same
+seed gives the same augmented batches whatever ``num_workers`` is, and in the
+main process the augmentations leave the global random state untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+    get_worker_info,
+)
+from torchvision.transforms import v2
+
+from kedro_torch.pytorch import images
+from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.distributed import shard_for_this_rank
+from kedro_torch.pytorch.optimizers import classes_in, resolve
+
+logger = logging.getLogger(__name__)
+
+TransformSpec = tuple[str, Mapping[str, Any]]
+
+
+def default_num_workers() -> int:
+    """The CPUs this process may run on (fewer than ``os.cpu_count()`` in a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# --- transforms -----------------------------------------------------------------------
+
+
+def transform_classes() -> dict[str, type]:
+    return classes_in(v2, v2.Transform)
+
+
+def build_transforms(
+    specs: Sequence[TransformSpec], key: str, **defaults: Any
+) -> list[v2.Transform]:
+    """Transforms by ``torchvision.transforms.v2`` class name, with their kwargs.
+
+    ``defaults`` fill arguments a class takes but the spec leaves out (MixUp and
+    CutMix need ``num_classes``). Errors name the YAML key of the failing entry.
+    """
+    built = []
+    for i, (name, kwargs) in enumerate(specs):
+        cls = resolve(name, transform_classes(), f"{key}[{i}].name")
+        accepted = inspect.signature(cls).parameters
+        filled = {k: v for k, v in defaults.items() if k in accepted} | dict(kwargs)
+        try:
+            built.append(cls(**filled))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{key}[{i}] ({cls.__name__}): {error}") from error
+    return built
+
+
+def image_transform(
+    steps: Sequence[v2.Transform], image_size: int, load_size: int
+) -> v2.Transform | None:
+    """The per-image steps, ending at ``image_size`` whatever the steps did to the size."""
+    if not steps and load_size == image_size:
+        return None
+    # Resize returns its input untouched when the size already matches.
+    return v2.Compose([*steps, v2.Resize((image_size, image_size), antialias=True)])
+
+
+def batch_transform(steps: Sequence[v2.Transform]) -> v2.Transform | None:
+    """One of the steps per batch, as torchvision's reference recipe picks MixUp or CutMix."""
+    if not steps:
+        return None
+    return steps[0] if len(steps) == 1 else v2.RandomChoice(list(steps))
+
+
+def normalization_constants(
+    mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` such that ``pixels * scale - shift`` is ``(pixels / 255 - mean) / std``.
+
+    Converting uint8 pixels to float first, then scaling and shifting in place, is
+    about 6x faster than one mixed-type multiplication; training and inference both
+    normalize this way, so they give the same floats.
+    """
+    std_tensor = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    scale = 1 / (255 * std_tensor)
+    return scale, torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_tensor
+
+
+# --- the Dataset ------------------------------------------------------------------------
+
+
+class ImageManifestDataset(Dataset):
+    """Labelled images by path, from the store when it holds them, else decoded on access.
+
+    Holds paths, targets and where each image sits in the store, never decoded
+    images of its own. An item is an index, or ``(index, seed)`` to run the
+    image's transforms under that seed. ``__getitems__`` returns whole finished
+    batches ``(images, targets)``: normalizing a batch at once is far cheaper than
+    image by image; :meth:`collate` passes them through the DataLoader unchanged.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: Sequence[int],
+        *,
+        channels: int,
+        load_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        content_hashes: Sequence[str] | None = None,
+        store: ImageStore | None = None,
+        transform: v2.Transform | None = None,
+        batch_transform: v2.Transform | None = None,
+    ):
+        if len(paths) != len(targets):
+            raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
+        self.paths = list(paths)
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.channels, self.load_size = channels, load_size
+        self.transform, self.batch_transform = transform, batch_transform
+        self.store = store if store is not None and len(store) else None
+        self._chunks, self._rows = (
+            self.store.locate(content_hashes) if self.store is not None else (None, None)
+        )
+        self._scale, self._shift = normalization_constants(mean, std)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def fully_cached(self) -> bool:
+        """Whether the store holds every image, so that none is decoded on access."""
+        return self._chunks is not None and bool((self._chunks >= 0).all())
+
+    def raw_image(self, index: int) -> torch.Tensor:
+        """The decoded, resized uint8 image, before any transform."""
+        if self._chunks is not None and self._chunks[index] >= 0:
+            return self.store.image(int(self._chunks[index]), int(self._rows[index]))
+        pixels, _ = images.decode(
+            images.read_bytes(self.paths[index]), self.load_size, self.channels
+        )
+        return torch.from_numpy(pixels)
+
+    def _transformed(self, index: int, seed: int | None) -> torch.Tensor:
+        image = self.raw_image(index)
+        if self.transform is None:
+            return image
+        if seed is None:
+            return self.transform(image)
+        with _seeded(seed):
+            return self.transform(image)
+
+    def _normalized(self, batch: torch.Tensor) -> torch.Tensor:
+        if get_worker_info() is None:
+            out = torch.empty(batch.shape, dtype=torch.float32)
+        else:
+            # Written straight into shared memory, as default_collate does: the batch
+            # then reaches the main process without one more copy of its floats.
+            storage = torch.UntypedStorage._new_shared(batch.numel() * 4)
+            out = torch.empty(0, dtype=torch.float32).set_(storage).view(batch.shape)
+        return out.copy_(batch).mul_(self._scale).sub_(self._shift)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = self._normalized(self._transformed(index, seed).unsqueeze(0))[0]
+        return image, self.targets[index]
+
+    def __getitems__(self, items: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [item if isinstance(item, tuple) else (item, None) for item in items]
+        batch = torch.stack([self._transformed(index, seed) for index, seed in pairs])
+        batch = self._normalized(batch)
+        targets = self.targets[[index for index, _ in pairs]]
+        seed = pairs[0][1]
+        if self.batch_transform is not None and seed is not None:
+            with _seeded(seed + 1):
+                batch, targets = self.batch_transform(batch, targets)
+        return batch, targets
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Run a block under ``seed`` on the CPU generator, restoring its state afterwards.
+
+    Only the CPU generator: transforms draw from it, and ``torch.manual_seed``
+    also reseeds every accelerator, which costs about 150 µs per image.
+    """
+    generator = torch.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
+
+
+# --- samplers and DataLoaders ------------------------------------------------------------
+
+
+class SeededSampler(Sampler):
+    """Pairs each index of ``sampler`` with a seed for that sample's augmentations."""
+
+    def __init__(self, sampler: Sampler, generator: torch.Generator):
+        self.sampler, self.generator = sampler, generator
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(self.sampler)
+        seeds = torch.randint(0, 2**62, (len(indices),), generator=self.generator).tolist()
+        return iter(zip(indices, seeds, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def class_balanced_sampler(targets: torch.Tensor, generator: torch.Generator) -> Sampler:
+    """Draws every class equally often on average: weights 1 / (images of its class)."""
+    counts = torch.bincount(targets)
+    weights = 1.0 / counts[targets].to(torch.float64)
+    return WeightedRandomSampler(weights, len(targets), replacement=True, generator=generator)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int | None  # None: per split, see auto_num_workers
+    seed: int
+    sampler: str = "shuffle"  # or "balanced"
+    pin_memory: bool = False
+    persistent_workers: bool = True
+    prefetch_factor: int | None = None
+
+
+def build_dataloaders(
+    datasets: dict[str, ImageManifestDataset], settings: LoaderSettings
+) -> dict[str, DataLoader]:
+    """One DataLoader per split; ``train`` is shuffled (or class-balanced) and seeded.
+
+    Under ``torch.distributed`` every sampler is sharded across the ranks.
+    """
+    loaders, chosen = {}, {}
+    for split, dataset in datasets.items():
+        workers = settings.num_workers
+        if workers is None:
+            workers = chosen[split] = auto_num_workers(dataset)
+        is_train = split == "train"
+        generator = torch.Generator().manual_seed(settings.seed) if is_train else None
+        if is_train and settings.sampler == "balanced":
+            sampler = SeededSampler(class_balanced_sampler(dataset.targets, generator), generator)
+        elif is_train:
+            sampler = SeededSampler(RandomSampler(dataset, generator=generator), generator)
+        else:
+            sampler = SequentialSampler(dataset)
+        loaders[split] = DataLoader(
+            dataset,
+            batch_size=settings.batch_size if is_train else settings.eval_batch_size,
+            sampler=shard_for_this_rank(sampler),
+            collate_fn=dataset.collate,
+            num_workers=workers,
+            persistent_workers=settings.persistent_workers and workers > 0,
+            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
+            pin_memory=settings.pin_memory,
+            generator=generator,
+        )
+    if chosen:
+        logger.info("DataLoader workers, chosen per split: %s",
+                    ", ".join(f"{split} {n}" for split, n in chosen.items()))
+    return loaders
+
+
+def auto_num_workers(dataset: ImageManifestDataset) -> int:
+    """Workers for ``num_workers: null``: one per CPU, or none where they could only copy.
+
+    When the cache holds every image of a split at its final size and no per-image
+    transform runs, a batch is one copy and one normalization, well under a
+    millisecond in the main process; starting worker processes and passing batches
+    back from them costs more than that saves (0.8 s of a 2-epoch resnet18 run on
+    the digits, whose whole data pass takes 0.03 s).
+    """
+    if dataset.transform is None and dataset.fully_cached:
+        return 0
+    return default_num_workers()

@@ -1,0 +1,113 @@
+"""Classification metrics computed from predicted and true class indices, and from
+the predicted probabilities: top-k accuracy, calibration and uncertainty."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.distributions import Categorical
+
+
+def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int
+                     ) -> torch.Tensor:
+    """Counts with true classes as rows and predicted classes as columns."""
+    flat = targets.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def classification_report(
+    targets: torch.Tensor, predictions: torch.Tensor, class_names: Sequence[str]
+) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, their macro and weighted
+    averages, and the confusion matrix in counts and normalized by row.
+
+    A class never predicted (or never present) gets 0 for the undefined ratio,
+    as scikit-learn does with ``zero_division=0``. The macro average weighs every
+    class alike, so a rare class that fails drags it down; the weighted average
+    weighs classes by support and follows accuracy more closely.
+    """
+    matrix = confusion_matrix(targets, predictions, len(class_names)).double()
+    true_positives = matrix.diag()
+    predicted = matrix.sum(dim=0)
+    support = matrix.sum(dim=1)
+    precision = torch.where(predicted > 0, true_positives / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, true_positives / support.clamp(min=1), 0.0)
+    denominator = precision + recall
+    f1 = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp(min=1e-12), 0.0)
+    scores = {"precision": precision, "recall": recall, "f1": f1}
+    weights = support / support.sum()
+    return {
+        "accuracy": (true_positives.sum() / matrix.sum()).item(),
+        "macro_avg": {name: values.mean().item() for name, values in scores.items()},
+        "weighted_avg": {name: (values * weights).sum().item() for name, values in scores.items()},
+        "per_class": {
+            name: {
+                "precision": precision[i].item(),
+                "recall": recall[i].item(),
+                "f1": f1[i].item(),
+                "support": int(support[i].item()),
+            }
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": matrix.long().tolist(),
+        # Row i: where the images of class i went; the diagonal is each class's recall.
+        "confusion_matrix_normalized": (matrix / support.clamp(min=1)[:, None]).tolist(),
+    }
+
+
+def top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
+    """Share of rows whose true class is among the ``k`` highest scores."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == targets[:, None]).any(dim=1).double().mean().item()
+
+
+def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row's predicted distribution: 0 when the model is sure,
+    ``log(num_classes)`` when it cannot tell the classes apart."""
+    return Categorical(probs=probabilities).entropy()
+
+
+def calibration(probabilities: torch.Tensor, targets: torch.Tensor, bins: int) -> dict:
+    """Expected calibration error and the reliability table it is computed from.
+
+    Predictions are grouped by confidence (the top probability) into ``bins``
+    equal-width bins ``(lower, upper]``; in a calibrated model each bin's accuracy
+    equals its mean confidence. The ECE is the gap averaged over the bins,
+    weighted by how many predictions fall in each.
+    """
+    confidence, predicted = probabilities.double().max(dim=1)
+    correct = (predicted == targets).double()
+    index = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    counts = torch.bincount(index, minlength=bins)
+    confidence_sum = torch.bincount(index, weights=confidence, minlength=bins)
+    correct_sum = torch.bincount(index, weights=correct, minlength=bins)
+    ece = (correct_sum - confidence_sum).abs().sum() / max(len(targets), 1)
+    table = [
+        {
+            "lower": i / bins,
+            "upper": (i + 1) / bins,
+            "count": int(counts[i]),
+            "confidence": (confidence_sum[i] / counts[i]).item() if counts[i] else None,
+            "accuracy": (correct_sum[i] / counts[i]).item() if counts[i] else None,
+        }
+        for i in range(bins)
+    ]
+    return {"ece": ece.item(), "bins": table}
+
+
+def gallery_indices(
+    probabilities: torch.Tensor, targets: torch.Tensor, entropy: torch.Tensor, count: int
+) -> dict[str, list[int]]:
+    """The rows worth looking at: the most confidently wrong and the most uncertain.
+
+    Confidently wrong images are often mislabelled data or a systematic blind spot;
+    the most uncertain ones show where the classes meet. Ties keep row order.
+    """
+    confidence, predicted = probabilities.max(dim=1)
+    wrong = torch.nonzero(predicted != targets).flatten()
+    by_confidence = torch.argsort(confidence[wrong], descending=True, stable=True)
+    return {
+        "confidently_wrong": wrong[by_confidence][:count].tolist(),
+        "most_uncertain": torch.argsort(entropy, descending=True, stable=True)[:count].tolist(),
+    }

@@ -1,0 +1,76 @@
+"""The decoded-image store: in memory, and in a folder that later runs reopen."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
+
+
+def filled(store: ImageStore, hashes: list[str]) -> ImageStore:
+    """``store`` plus one new chunk holding image i filled with the value i."""
+    name, array = store.new_chunk(len(hashes))
+    for row in range(len(hashes)):
+        array[row] = row
+    entries = pd.DataFrame(
+        {column: [None] * len(hashes) for column in ENTRY_COLUMNS}
+        | {"content_hash": hashes, "fingerprint": [f"f-{h}" for h in hashes],
+           "chunk": name, "row": list(range(len(hashes)))}
+    )
+    return store.with_entries(pd.concat([store.entries, entries], ignore_index=True))
+
+
+def test_memory_store_finds_images_by_content_hash():
+    store = filled(ImageStore((1, 2, 2)), ["a", "b", "c"])
+    assert len(store) == 3
+    chunks, rows = store.locate(["c", "zz", "a"])
+    assert chunks[1] == -1
+    assert store.image(int(chunks[0]), int(rows[0])).tolist() == [[[2, 2], [2, 2]]]
+    assert store.image(int(chunks[2]), int(rows[2])).dtype == torch.uint8
+    with pytest.raises(ValueError, match="lives in memory"):
+        store.save()
+
+
+def test_folder_store_round_trips_and_deletes_unused_chunks(tmp_path):
+    folder = str(tmp_path / "cache")
+    assert ImageStore.open(folder).image_shape is None
+    first = filled(ImageStore((3, 4, 4), folder), ["a", "b"])
+    first.save()
+    second = filled(ImageStore.open(folder), ["c"])
+    assert second.image_shape == (3, 4, 4)
+    # Keep b and c only: the first chunk still holds b, so it stays.
+    second = second.with_entries(second.entries[second.entries["content_hash"] != "a"])
+    second.save()
+    assert len(list((tmp_path / "cache" / "chunks").glob("*.npy"))) == 2
+    reopened = ImageStore.open(folder)
+    chunks, rows = reopened.locate(["b", "c", "a"])
+    assert reopened.image(int(chunks[0]), int(rows[0]))[0, 0, 0] == 1
+    assert reopened.image(int(chunks[1]), int(rows[1]))[0, 0, 0] == 0
+    assert chunks[2] == -1
+    # Dropping b too leaves the first chunk unused: saving deletes its file.
+    reopened.with_entries(reopened.entries[reopened.entries["content_hash"] == "c"]).save()
+    assert len(list((tmp_path / "cache" / "chunks").glob("*.npy"))) == 1
+
+
+def test_checked_returns_earlier_results_by_fingerprint(tmp_path):
+    store = filled(ImageStore((1, 2, 2), str(tmp_path)), ["a", "b"])
+    earlier = store.checked(["f-b", "f-new"])
+    assert earlier["content_hash"].tolist()[0] == "b"
+    assert pd.isna(earlier["content_hash"].tolist()[1])
+
+
+def test_pickled_folder_store_carries_no_mapped_images(tmp_path):
+    store = filled(ImageStore((3, 64, 64), str(tmp_path)), ["a", "b", "c"])
+    store.save()
+    reopened = ImageStore.open(str(tmp_path))
+    chunks, rows = reopened.locate(["a", "b", "c"])
+    reopened.image(int(chunks[0]), int(rows[0]))  # maps the chunk file
+    copy = pickle.loads(pickle.dumps(reopened))
+    assert len(pickle.dumps(reopened)) < 3 * 64 * 64  # less than one image: no pixels
+    np.testing.assert_array_equal(copy.image(int(chunks[2]), int(rows[2])).numpy(),
+                                  np.full((3, 64, 64), 2, np.uint8))
