@@ -47,10 +47,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.config import DataConfig
 from kedro_torch.pytorch.data import check_images
 from kedro_torch.pytorch.loaders import (
     ImageManifestDataset,
-    LoaderSettings,
     build_dataloaders,
     build_transforms,
     default_num_workers,
@@ -133,9 +133,8 @@ def project_loader(samples: list[tuple[str, int]], size: int, cache: str,
         std=STD, content_hashes=entries["content_hash"].tolist(), store=store,
         transform=image_transform(flip, size, size),
     )
-    settings = LoaderSettings(batch_size=args.batch_size, eval_batch_size=args.batch_size,
-                              num_workers=args.workers, seed=0)
-    return check_seconds, build_dataloaders({"train": dataset}, settings)["train"]
+    config = DataConfig(batch_size=args.batch_size, num_workers=args.workers)
+    return check_seconds, build_dataloaders({"train": dataset}, config, seed=0)["train"]
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from kedro_torch.pytorch import engine, loaders
-from kedro_torch.pytorch.config import OptimizerConfig
+from kedro_torch.pytorch.config import DataConfig, OptimizerConfig, TrainingConfig
 from kedro_torch.pytorch.models import SmallCNN
 from kedro_torch.pytorch.optimizers import build_optimizers
 from kedro_torch.pytorch.progress import RichProgressBar
@@ -47,8 +47,8 @@ def train_loader() -> torch.utils.data.DataLoader:
         [str(path) for path in files], labels, channels=1, load_size=SIZE, mean=[0.5],
         std=[0.5],
     )
-    settings = loaders.LoaderSettings(BATCH, BATCH, num_workers=0, seed=SEED)
-    return loaders.build_dataloaders({"train": dataset}, settings)["train"]
+    config = DataConfig(batch_size=BATCH, num_workers=0)
+    return loaders.build_dataloaders({"train": dataset}, config, seed=SEED)["train"]
 
 
 class EpochTimer(engine.Callback):
@@ -69,7 +69,7 @@ def through_engine(epochs: int) -> tuple[list[float], list[float]]:
     timer = EpochTimer()
     trainer = engine.Trainer(
         model, optimizers, nn.CrossEntropyLoss(), torch.device("cpu"),
-        engine.LoopSettings(epochs=epochs),
+        TrainingConfig(epochs=epochs),
         callbacks=[RichProgressBar(), MlflowEpochLogger(), timer],  # timer last: it counts theirs
     )
     with mlflow.start_run():

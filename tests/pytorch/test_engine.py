@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from kedro_torch.pytorch.config import TrainingConfig
 from kedro_torch.pytorch.engine import (
     Callback,
-    LoopSettings,
     Trainer,
     predict,
     resolve_device,
@@ -45,7 +45,7 @@ def loaders(seed: int = 0) -> tuple[DataLoader, DataLoader]:
 def fit(model, train, val, loss_fn, optimizer, scheduler, epochs, device, callbacks=()):
     """The plain loop: one optimizer, an optional per-epoch scheduler, no extras."""
     schedulers = [ScheduledLR(scheduler, "epoch")] if scheduler is not None else []
-    trainer = Trainer(model, [optimizer], loss_fn, device, LoopSettings(epochs=epochs),
+    trainer = Trainer(model, [optimizer], loss_fn, device, TrainingConfig(epochs=epochs),
                       schedulers, callbacks)
     return trainer.fit(train, val)
 

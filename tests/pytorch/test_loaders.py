@@ -15,10 +15,10 @@ from PIL import Image
 from torch.utils.data import SequentialSampler
 
 from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.config import DataConfig
 from kedro_torch.pytorch.data import check_images
 from kedro_torch.pytorch.loaders import (
     ImageManifestDataset,
-    LoaderSettings,
     SeededSampler,
     batch_transform,
     build_dataloaders,
@@ -127,9 +127,8 @@ def test_dataset_needs_one_target_per_path():
 
 def loaders(paths, seed=0, workers=0, sampler="shuffle", **kwargs):
     datasets = {split: dataset(paths, **kwargs) for split in ("train", "val", "test")}
-    settings = LoaderSettings(batch_size=8, eval_batch_size=16, num_workers=workers,
-                              seed=seed, sampler=sampler)
-    return build_dataloaders(datasets, settings)
+    config = DataConfig(batch_size=8, eval_batch_size=16, num_workers=workers, sampler=sampler)
+    return build_dataloaders(datasets, config, seed)
 
 
 def test_automatic_workers_only_where_there_is_work_for_them(image_paths):
@@ -146,8 +145,7 @@ def test_automatic_workers_only_where_there_is_work_for_them(image_paths):
         "partly_cached": dataset(image_paths, store=partial, content_hashes=hashes),
         "uncached": dataset(image_paths),
     }
-    settings = LoaderSettings(batch_size=8, eval_batch_size=16, num_workers=None, seed=0)
-    built = build_dataloaders(datasets, settings)
+    built = build_dataloaders(datasets, DataConfig(batch_size=8, eval_batch_size=16), seed=0)
     assert {split: loader.num_workers for split, loader in built.items()} == {
         "copy_only": 0, "transformed": default_num_workers(),
         "partly_cached": default_num_workers(), "uncached": default_num_workers(),
@@ -229,7 +227,8 @@ PEAK_MEMORY_SCRIPT = """
 import json, sys
 from kedro_torch.pytorch.data import check_images
 from kedro_torch.pytorch.cache import ImageStore
-from kedro_torch.pytorch.loaders import ImageManifestDataset, LoaderSettings, build_dataloaders
+from kedro_torch.pytorch.config import DataConfig
+from kedro_torch.pytorch.loaders import ImageManifestDataset, build_dataloaders
 
 def peak_kib():
     for line in open("/proc/self/status"):
@@ -241,7 +240,7 @@ def build(paths, keep_pixels):
     data = ImageManifestDataset(paths, [0] * len(paths), channels=3, load_size=96,
                                 mean=[0.5], std=[0.5], content_hashes=entries["content_hash"],
                                 store=store)
-    return build_dataloaders({"train": data}, LoaderSettings(8, 8, 0, 0))
+    return build_dataloaders({"train": data}, DataConfig(batch_size=8, num_workers=0), seed=0)
 
 paths = json.loads(sys.argv[1])
 peaks = []

@@ -14,8 +14,8 @@ from torch.optim import lr_scheduler
 from torch.utils.data import DataLoader, TensorDataset
 
 from kedro_torch.pytorch.checkpoints import CheckpointStore
-from kedro_torch.pytorch.config import NamedSpec, OptimizerConfig, SchedulerConfig
-from kedro_torch.pytorch.engine import LoopSettings, Trainer, seed_everything
+from kedro_torch.pytorch.config import NamedSpec, OptimizerConfig, SchedulerConfig, TrainingConfig
+from kedro_torch.pytorch.engine import Trainer, seed_everything
 from kedro_torch.pytorch.models import SmallCNN
 from kedro_torch.pytorch.optimizers import (
     build_optimizers,
@@ -117,7 +117,7 @@ def train(
     **settings,
 ) -> tuple[Trainer, list[dict]]:
     trainer = Trainer(model, optimizers, nn.CrossEntropyLoss(), CPU,
-                      LoopSettings(epochs=epochs, **settings), schedulers, (), checkpoints)
+                      TrainingConfig(epochs=epochs, **settings), schedulers, (), checkpoints)
     return trainer, trainer.fit(loader(), val)
 
 
@@ -178,7 +178,7 @@ def test_lbfgs_refuses_gradient_accumulation():
     optimizers = build_optimizers(model, OptimizerConfig("LBFGS", {"lr": 0.5}))
     with pytest.raises(ValueError, match=r"training\.optimizer\.name: LBFGS .* accumulate"):
         Trainer(model, optimizers, nn.CrossEntropyLoss(), CPU,
-                LoopSettings(epochs=1, accumulate_grad_batches=2))
+                TrainingConfig(epochs=1, accumulate_grad_batches=2))
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(caplog):

@@ -11,8 +11,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from kedro_torch.pytorch.checkpoints import CheckpointStore, UnsafeCheckpointError
-from kedro_torch.pytorch.config import OptimizerConfig, SchedulerConfig
-from kedro_torch.pytorch.engine import Callback, LoopSettings, Trainer, seed_everything
+from kedro_torch.pytorch.config import (
+    EarlyStoppingConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainingConfig,
+)
+from kedro_torch.pytorch.engine import Callback, Trainer, seed_everything
 from kedro_torch.pytorch.models import SmallCNN
 from kedro_torch.pytorch.optimizers import build_optimizers, build_schedulers
 
@@ -47,7 +52,7 @@ def make_trainer(store: CheckpointStore | None, epochs: int, scheduler: str = "S
     schedulers = build_schedulers(optimizers, SchedulerConfig(scheduler, kwargs), epochs,
                                   len(train), monitor_mode="min")
     trainer = Trainer(model, optimizers, nn.CrossEntropyLoss(), device,
-                      LoopSettings(epochs=epochs, **settings), schedulers, checkpoints=store)
+                      TrainingConfig(epochs=epochs, **settings), schedulers, checkpoints=store)
     return trainer, train, val
 
 
@@ -324,7 +329,8 @@ def test_keep_best_resumes_with_the_best_weights_of_the_first_run(tmp_path):
     best = store.load("best.pt")
     assert_identical(best, first.model.state_dict())
 
-    resumed, train, val = make_trainer(store, 3, keep_best=True, min_delta=1e9)
+    resumed, train, val = make_trainer(store, 3, keep_best=True,
+                                      early_stopping=EarlyStoppingConfig(min_delta=1e9))
     resumed.fit(train, val, resume=True)
     assert resumed.state.best_epoch == best_epoch
     assert_identical(resumed.model.state_dict(), best)
@@ -341,7 +347,7 @@ def test_resuming_one_cycle_past_its_planned_length_is_refused(tmp_path):
         schedulers = build_schedulers([optimizer], SchedulerConfig("OneCycleLR"), epochs,
                                       steps_per_epoch=2, monitor_mode="min")
         return Trainer(model, [optimizer], nn.CrossEntropyLoss(), torch.device("cpu"),
-                       LoopSettings(epochs=epochs), schedulers, checkpoints=store)
+                       TrainingConfig(epochs=epochs), schedulers, checkpoints=store)
 
     images = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(TensorDataset(images, torch.arange(8) % 2), batch_size=4)

@@ -17,11 +17,15 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 from torchvision.transforms import v2
 
 from kedro_torch.pytorch.checkpoints import CheckpointStore, state_dict_from
-from kedro_torch.pytorch.config import LossConfig, OptimizerConfig
+from kedro_torch.pytorch.config import (
+    EarlyStoppingConfig,
+    LossConfig,
+    OptimizerConfig,
+    TrainingConfig,
+)
 from kedro_torch.pytorch.engine import (
     Callback,
     FreezeBackbone,
-    LoopSettings,
     Trainer,
     evaluate,
     seed_everything,
@@ -69,7 +73,7 @@ def fit(model, optimizer, train, val=None, callbacks=(), checkpoints=None, loss_
         **settings) -> tuple[Trainer, list[dict]]:
     settings.setdefault("epochs", 1)
     trainer = Trainer(model, [optimizer], loss_fn or nn.CrossEntropyLoss(), CPU,
-                      LoopSettings(**settings), callbacks=callbacks, checkpoints=checkpoints)
+                      TrainingConfig(**settings), callbacks=callbacks, checkpoints=checkpoints)
     return trainer, trainer.fit(train, val)
 
 
@@ -113,7 +117,7 @@ def test_float16_on_the_cpu_says_to_use_bf16():
     with pytest.raises(ValueError, match=r"^training\.precision: 16 .* needs a CUDA device, "
                                          r"not cpu; use bf16 instead"):
         Trainer(linear(), [sgd(linear())], nn.CrossEntropyLoss(), CPU,
-                LoopSettings(epochs=1, precision="16"))
+                TrainingConfig(epochs=1, precision="16"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -126,7 +130,7 @@ def test_mixed_precision_on_cuda(precision, dtype, tmp_path):
     model[1].register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
     store = CheckpointStore(str(tmp_path / "checkpoints"))
     trainer = Trainer(model, [sgd(model)], nn.CrossEntropyLoss(), torch.device("cuda"),
-                      LoopSettings(epochs=2, precision=precision), checkpoints=store)
+                      TrainingConfig(epochs=2, precision=precision), checkpoints=store)
     history = trainer.fit(DataLoader(separable(16), batch_size=8))
     assert set(dtypes) == {dtype}
     assert all(math.isfinite(row["train_loss"]) for row in history)
@@ -247,7 +251,7 @@ def test_early_stopping_stops_after_patience_and_hands_back_the_best_epoch():
     trainer, history = fit(
         model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
         DataLoader(separable(8, seed=1, flip=True)), callbacks=[snapshots], epochs=20,
-        early_stopping_patience=2,
+        early_stopping=EarlyStoppingConfig(patience=2),
     )
     losses = [row["val_loss"] for row in history]
     best_epoch = losses.index(min(losses)) + 1
@@ -263,7 +267,7 @@ def test_min_delta_counts_only_real_improvements():
     model = mlp()
     trainer, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
                            DataLoader(separable(8, seed=1)), epochs=20,
-                           early_stopping_patience=3, min_delta=10.0)
+                           early_stopping=EarlyStoppingConfig(patience=3, min_delta=10.0))
     assert len(history) == 4
     assert history[-1]["val_loss"] < history[0]["val_loss"]  # it did improve, by < 10
     assert trainer.state.best_epoch == 1
@@ -275,7 +279,7 @@ def test_early_stopping_on_a_maximised_metric():
     trainer, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
                            DataLoader(separable(8, seed=1, flip=True)), epochs=20,
                            monitor="val_accuracy", monitor_mode="max",
-                           early_stopping_patience=2)
+                           early_stopping=EarlyStoppingConfig(patience=2))
     accuracies = [row["val_accuracy"] for row in history]
     assert trainer.state.best_metric == max(accuracies)
     assert trainer.state.best_epoch == accuracies.index(max(accuracies)) + 1
@@ -310,7 +314,7 @@ def test_keep_best_with_ema_hands_back_the_best_averaged_weights():
     seed_everything(0)
     model = mlp()
     trainer = Trainer(model, [sgd(model, lr=0.5)], nn.CrossEntropyLoss(), CPU,
-                      LoopSettings(epochs=4, keep_best=True, ema_decay=0.5))
+                      TrainingConfig(epochs=4, keep_best=True, ema_decay=0.5))
     snapshots = Snapshots(trainer.eval_model)
     trainer.callbacks.append(snapshots)
     trainer.fit(DataLoader(separable(24), batch_size=8),
@@ -319,7 +323,9 @@ def test_keep_best_with_ema_hands_back_the_best_averaged_weights():
     assert same(weights(trainer.eval_model), snapshots.by_epoch[trainer.state.best_epoch])
 
 
-@pytest.mark.parametrize("settings", [{"keep_best": True}, {"early_stopping_patience": 1}])
+@pytest.mark.parametrize(
+    "settings", [{"keep_best": True}, {"early_stopping": EarlyStoppingConfig(patience=1)}]
+)
 def test_a_monitored_validation_metric_without_validation_split_says_so(settings):
     model = linear()
     with pytest.raises(ValueError, match=r"^training\.monitor: early stopping / keep_best "
@@ -700,6 +706,6 @@ def test_mixup_soft_targets_train_and_count_accuracy(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     (optimizer,) = build_optimizers(model, OptimizerConfig("SGD", {"lr": 0.1}))
     trainer = Trainer(model, [optimizer], nn.CrossEntropyLoss(), torch.device("cpu"),
-                      LoopSettings(epochs=2))
+                      TrainingConfig(epochs=2))
     history = trainer.fit(soft_batches)
     assert all(0 <= row["train_accuracy"] <= 1 for row in history)

@@ -19,6 +19,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,42 @@ def fits_in_memory(count: int, image_shape: tuple[int, int, int]) -> bool:
     except (AttributeError, ValueError, OSError):
         return True
     return count * math.prod(image_shape) <= total / 2
+
+
+class CachePlan(NamedTuple):
+    """Where checking the files puts what it decodes, and what it may skip."""
+
+    store: ImageStore  # receives this run's decoded images and check results
+    keep_pixels: bool  # keep the decoded images (else only the check results)
+    use_fingerprints: bool  # skip files the store already checked, unchanged
+
+
+def plan(mode: str, image_shape: tuple[int, int, int], count: int,
+         on_disk: ImageStore | None, key: str = "data.cache") -> CachePlan:
+    """What each ``data.cache`` mode means; the only place that branches on it.
+
+    ``none`` keeps nothing decoded; ``memory`` keeps this run's images in memory,
+    if they take at most half of it; ``disk`` adds them to the store ``on_disk``
+    (started afresh when its image shape differs) and reuses what it already holds.
+    """
+    if mode == "disk":
+        if on_disk is None or on_disk.folder is None:
+            raise ValueError(f"{key}: disk needs a folder to keep the images in; pass the "
+                             "store ImageStore.open(folder) returns")
+        store = on_disk if on_disk.image_shape == image_shape else on_disk.empty_like(image_shape)
+        return CachePlan(store, keep_pixels=True, use_fingerprints=True)
+    if mode == "memory" and not fits_in_memory(count, image_shape):
+        raise ValueError(
+            f"{key}: memory would hold {count} images of shape {image_shape}, more than half "
+            "of this machine's memory; use data.cache: disk or none"
+        )
+    return CachePlan(ImageStore(image_shape), keep_pixels=mode == "memory",
+                     use_fingerprints=False)
+
+
+def to_save(mode: str, checked: ImageStore, on_disk: ImageStore | None) -> ImageStore | None:
+    """The on-disk store after a run: with this run's images under ``disk``, else as it was."""
+    return checked if mode == "disk" else on_disk
 
 
 class ImageStore:

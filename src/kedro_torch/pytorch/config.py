@@ -139,6 +139,11 @@ class DataConfig:
         """The size images are decoded, cached and augmented at."""
         return self.load_size or self.image_size
 
+    @property
+    def validation_batch_size(self) -> int:
+        """Evaluation keeps no gradients, so twice the training batch fits by default."""
+        return self.eval_batch_size or 2 * self.batch_size
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -254,6 +259,11 @@ class TrainingConfig:
         if self.monitor_mode != "auto":
             return self.monitor_mode
         return "min" if "loss" in self.monitor else "max"
+
+    @property
+    def restores_best(self) -> bool:
+        """Early stopping always hands back the best epoch, not the last."""
+        return self.keep_best or self.early_stopping.patience is not None
 
 
 

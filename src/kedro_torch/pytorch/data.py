@@ -12,17 +12,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import posixpath
 from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import fsspec
 import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from kedro_torch.pytorch import images
 from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
+from kedro_torch.pytorch.config import SplitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,34 @@ class ImageTable(NamedTuple):
 
 
 # --- sources -----------------------------------------------------------------------
+
+
+def list_folder(path: str, fs: fsspec.AbstractFileSystem | None = None) -> pd.DataFrame:
+    """Every file and subfolder under ``path`` (any fsspec URL), without reading them.
+
+    Columns: ``path`` (openable by fsspec), ``relative_path`` (POSIX, relative to the
+    folder) and ``is_dir``. Folders are listed so that an empty class folder can be
+    noticed; which files are images, and their labels, is :func:`manifest_from_listing`'s
+    business.
+    """
+    if fs is None:
+        fs, path = fsspec.core.url_to_fs(path)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+    # The local filesystem lists absolute paths, so a relative root must be one too.
+    root = (os.path.abspath(path) if local else fs._strip_protocol(path)).rstrip("/")
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist or is not a folder")
+    found = fs.find(root, withdirs=True, detail=True)
+    entries = sorted(
+        (name, info["type"] == "directory") for name, info in found.items()
+        if name.rstrip("/") != root
+    )
+    return pd.DataFrame({
+        "path": [name if local else f"{protocol}://{name}" for name, _ in entries],
+        "relative_path": [posixpath.relpath(name, root) for name, _ in entries],
+        "is_dir": [is_dir for _, is_dir in entries],
+    })
 
 
 def manifest_from_listing(listing: pd.DataFrame) -> pd.DataFrame:
@@ -275,6 +306,31 @@ def _listing(values: pd.Series, limit: int = 10) -> str:
 
 
 # --- labels and splits ---------------------------------------------------------------
+
+
+def split_manifest(
+    usable: pd.DataFrame, config: SplitConfig, key: str = "data.split"
+) -> tuple[pd.DataFrame, dict[str, int], dict[str, list[str]]]:
+    """Encode labels and give every readable image its split.
+
+    Returns the model input (the rows with ``target`` and ``split``, without the
+    per-file check columns), the label map, and the splits some class missed.
+    """
+    if config.group_column is not None and config.group_column not in usable.columns:
+        raise ValueError(f"{key}.group_column: the manifest has no column "
+                         f"{config.group_column!r}")
+    groups = usable[config.group_column].tolist() if config.group_column else None
+    assignment = assign_splits(
+        split_keys(usable["content_hash"], groups), config.fractions, config.seed
+    )
+    missed = check_split(usable["label"], assignment, config.fractions, key)
+    label_map = encode_labels(usable["label"])
+    model_input = usable.drop(columns=["reason", "mode", "missing", "pixel_sum", "pixel_sumsq"])
+    model_input = model_input.assign(
+        target=model_input["label"].map(label_map).astype("int64"), split=assignment
+    )
+    logger.info("Split sizes: %s", model_input["split"].value_counts().to_dict())
+    return model_input, label_map, missed
 
 
 def encode_labels(labels: Sequence[str]) -> dict[str, int]:

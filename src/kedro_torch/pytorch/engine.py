@@ -2,7 +2,8 @@
 
 ``Trainer.fit`` runs epochs of ``train_one_epoch`` and ``evaluate``, the way
 torchvision's reference script does, with the features that script and Lightning
-offer switched on by :class:`LoopSettings`. It knows nothing of Kedro or MLflow:
+offer switched on by the ``training`` parameters themselves (:class:`TrainingConfig`,
+read as they are, never copied field by field). It knows nothing of Kedro or MLflow:
 progress leaves through :class:`Callback` objects. Per-batch statistics are summed
 on the device and read once per epoch, so the loop adds no device synchronisation
 beyond what a hand-written loop has (the NaN guard's check is the one exception,
@@ -26,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
+from kedro_torch.pytorch.config import TrainingConfig
 from kedro_torch.pytorch.optimizers import ScheduledLR
 
 logger = logging.getLogger(__name__)
@@ -49,34 +51,6 @@ class Callback:
 class EpochResult:
     loss: float
     accuracy: float
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """How the loop trains; the defaults give a plain fp32 loop."""
-
-    epochs: int
-    precision: Literal["32", "bf16", "16"] = "32"
-    accumulate_grad_batches: int = 1
-    clip_grad_norm: float | None = None
-    clip_grad_value: float | None = None
-    ema_decay: float | None = None
-    monitor: str = "val_loss"
-    monitor_mode: Literal["min", "max"] = "min"
-    early_stopping_patience: int | None = None
-    min_delta: float = 0.0
-    keep_best: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    deterministic: bool = False
-    detect_anomaly: bool = False
-    nan_guard: bool = True
-    max_batches_per_epoch: int | None = None
-
-    @property
-    def restores_best(self) -> bool:
-        """Early stopping always hands back the best epoch, not the last."""
-        return self.keep_best or self.early_stopping_patience is not None
 
 
 @dataclass
@@ -200,12 +174,13 @@ class Trainer:
         optimizers: Sequence[torch.optim.Optimizer],
         loss_fn: nn.Module,
         device: torch.device,
-        settings: LoopSettings,
+        settings: TrainingConfig,
         schedulers: Sequence[ScheduledLR] = (),
         callbacks: Sequence[Callback] = (),
         checkpoints: CheckpointStore | None = None,
     ):
-        if settings.precision == "16" and device.type != "cuda":
+        precision = str(settings.precision)
+        if precision == "16" and device.type != "cuda":
             raise ValueError("training.precision: 16 (float16 with a gradient scaler) needs a "
                              f"CUDA device, not {device.type}; use bf16 instead")
         self.model = model.to(device)
@@ -213,7 +188,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.optimizers = list(optimizers)
         self.lbfgs = any(isinstance(o, torch.optim.LBFGS) for o in self.optimizers)
-        if self.lbfgs and (settings.accumulate_grad_batches > 1 or settings.precision == "16"):
+        if self.lbfgs and (settings.accumulate_grad_batches > 1 or precision == "16"):
             raise ValueError("training.optimizer.name: LBFGS re-evaluates the loss itself; it "
                              "cannot accumulate gradients or use float16 scaling")
         self.loss_fn = loss_fn.to(device)
@@ -222,10 +197,8 @@ class Trainer:
         self.schedulers = list(schedulers)
         self.callbacks = list(callbacks)
         self.checkpoints = checkpoints
-        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "16")
-        self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(
-            settings.precision
-        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
         self.ema = (
             AveragedModel(self.model, avg_fn=ema_with_warmup(settings.ema_decay),
                           use_buffers=True)
@@ -422,9 +395,9 @@ class Trainer:
         if self.settings.monitor not in row:
             return
         value, best = row[self.settings.monitor], self.state.best_metric
-        delta = self.settings.min_delta
+        delta = self.settings.early_stopping.min_delta
         improved = best is None or (
-            value < best - delta if self.settings.monitor_mode == "min" else value > best + delta
+            value < best - delta if self.settings.mode == "min" else value > best + delta
         )
         if improved:
             self.state.best_metric, self.state.best_epoch = value, int(row["epoch"])
@@ -439,7 +412,7 @@ class Trainer:
             self.state.stale_epochs += 1
 
     def _should_stop(self) -> bool:
-        patience = self.settings.early_stopping_patience
+        patience = self.settings.early_stopping.patience
         if patience is not None and self.state.stale_epochs >= patience:
             logger.info("Early stopping after epoch %d: %s has not improved for %d epochs",
                         self.state.epoch, self.settings.monitor, patience)

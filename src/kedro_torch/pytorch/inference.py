@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from kedro_torch.pytorch import data, images, loaders, models
+from kedro_torch.pytorch.config import DataConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ class ModelSpec:
     load_size: int | None = None
     eval_transforms: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def from_configs(cls, model: ModelConfig, data: DataConfig,
+                     normalization: Mapping[str, Sequence[float]]) -> ModelSpec:
+        """The spec of a model trained with these parameters and normalization."""
+        return cls(
+            model_name=model.name, model_kwargs=model.kwargs, channels=data.channels,
+            image_size=data.image_size, mean=list(normalization["mean"]),
+            std=list(normalization["std"]), load_size=data.load_size,
+            eval_transforms=[{"name": step.name, "kwargs": step.kwargs}
+                             for step in data.transforms.eval],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -72,14 +85,18 @@ class ModelSpec:
     def decode_size(self) -> int:
         return self.load_size or self.image_size
 
+    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Training's per-image eval steps, ending at ``image_size`` (None: nothing to do)."""
+        steps = loaders.build_transforms(
+            [(step["name"], step.get("kwargs") or {}) for step in self.eval_transforms],
+            "model_spec.eval_transforms",
+        )
+        return loaders.image_transform(steps, self.image_size, self.decode_size)
+
     def preprocessor(self) -> Callable[[Sequence[np.ndarray]], torch.Tensor]:
         """Decoded ``(channels, decode_size, decode_size)`` uint8 images -> the
         model's input batch, by training's own eval transform and normalization."""
-        steps = loaders.build_transforms(
-            [(spec["name"], spec.get("kwargs") or {}) for spec in self.eval_transforms],
-            "model_spec.eval_transforms",
-        )
-        transform = loaders.image_transform(steps, self.image_size, self.decode_size)
+        transform = self.eval_transform()
         scale, shift = loaders.normalization_constants(self.mean, self.std)
 
         def prepare(decoded: Sequence[np.ndarray]) -> torch.Tensor:

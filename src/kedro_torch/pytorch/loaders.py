@@ -19,7 +19,6 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ from torchvision.transforms import v2
 
 from kedro_torch.pytorch import images
 from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.config import DataConfig
 from kedro_torch.pytorch.distributed import shard_for_this_rank
 from kedro_torch.pytorch.optimizers import classes_in, resolve
 
@@ -246,33 +246,23 @@ def class_balanced_sampler(targets: torch.Tensor, generator: torch.Generator) ->
     return WeightedRandomSampler(weights, len(targets), replacement=True, generator=generator)
 
 
-@dataclass(frozen=True)
-class LoaderSettings:
-    batch_size: int
-    eval_batch_size: int
-    num_workers: int | None  # None: per split, see auto_num_workers
-    seed: int
-    sampler: str = "shuffle"  # or "balanced"
-    pin_memory: bool = False
-    persistent_workers: bool = True
-    prefetch_factor: int | None = None
-
-
 def build_dataloaders(
-    datasets: dict[str, ImageManifestDataset], settings: LoaderSettings
+    datasets: dict[str, ImageManifestDataset], config: DataConfig, seed: int,
+    pin_memory: bool = False,
 ) -> dict[str, DataLoader]:
-    """One DataLoader per split; ``train`` is shuffled (or class-balanced) and seeded.
+    """One DataLoader per split, as the ``data`` parameters say; ``train`` is shuffled
+    (or class-balanced) and seeded with ``seed``.
 
     Under ``torch.distributed`` every sampler is sharded across the ranks.
     """
     loaders, chosen = {}, {}
     for split, dataset in datasets.items():
-        workers = settings.num_workers
+        workers = config.num_workers
         if workers is None:
             workers = chosen[split] = auto_num_workers(dataset)
         is_train = split == "train"
-        generator = torch.Generator().manual_seed(settings.seed) if is_train else None
-        if is_train and settings.sampler == "balanced":
+        generator = torch.Generator().manual_seed(seed) if is_train else None
+        if is_train and config.sampler == "balanced":
             sampler = SeededSampler(class_balanced_sampler(dataset.targets, generator), generator)
         elif is_train:
             sampler = SeededSampler(RandomSampler(dataset, generator=generator), generator)
@@ -280,13 +270,13 @@ def build_dataloaders(
             sampler = SequentialSampler(dataset)
         loaders[split] = DataLoader(
             dataset,
-            batch_size=settings.batch_size if is_train else settings.eval_batch_size,
+            batch_size=config.batch_size if is_train else config.validation_batch_size,
             sampler=shard_for_this_rank(sampler),
             collate_fn=dataset.collate,
             num_workers=workers,
-            persistent_workers=settings.persistent_workers and workers > 0,
-            prefetch_factor=settings.prefetch_factor if workers > 0 else None,
-            pin_memory=settings.pin_memory,
+            persistent_workers=config.persistent_workers and workers > 0,
+            prefetch_factor=config.prefetch_factor if workers > 0 else None,
+            pin_memory=pin_memory,
             generator=generator,
         )
     if chosen:

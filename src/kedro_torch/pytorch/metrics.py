@@ -111,3 +111,22 @@ def gallery_indices(
         "confidently_wrong": wrong[by_confidence][:count].tolist(),
         "most_uncertain": torch.argsort(entropy, descending=True, stable=True)[:count].tolist(),
     }
+
+
+def flat_test_metrics(report: dict) -> dict[str, float]:
+    """A classification report's numbers under the names MLflow shows and runs are
+    compared by: ``test_accuracy``, ``test_top<k>_accuracy``, ``test_ece``, ...,
+    ``test_f1_<class>``."""
+    flat = {
+        "test_accuracy": report["accuracy"],
+        f"test_top{report['top_k']}_accuracy": report["top_k_accuracy"],
+        "test_ece": report["calibration"]["ece"],
+        "test_mean_entropy": report["mean_entropy"],
+    }
+    for average in ("macro_avg", "weighted_avg"):
+        for score, value in report[average].items():
+            flat[f"test_{average.removesuffix('_avg')}_{score}"] = value
+    for name, scores in report["per_class"].items():
+        for score in ("precision", "recall", "f1"):
+            flat[f"test_{score}_{name}"] = scores[score]
+    return flat

@@ -199,7 +199,7 @@ def test_nodes_name_the_yaml_key_of_a_bad_parameter(transformed):
         nodes.build_dataloaders(frame, normalization, decoded, {**DATA, "batch_size": "64"},
                                 TRAINING)
     with pytest.raises(ParameterError, match=r"unknown parameter training\.epoch\b"):
-        nodes.train_model(None, {}, None, {}, {"epoch": 3}, MODEL)
+        nodes.train_model(None, {}, None, {}, {}, DATA, MODEL, {"epoch": 3})
 
 
 def run_catalog(images, tmp_path, training=TRAINING, **persisted) -> DataCatalog:
@@ -210,6 +210,7 @@ def run_catalog(images, tmp_path, training=TRAINING, **persisted) -> DataCatalog
             "raw_images": ImageFolderDataset(path=str(images)),
             "raw_manifest": ImageTableDataset(filepath=None),
             "previous_image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
+            "image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
             "training_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
             "evaluation_report": JSONDataset(filepath=str(tmp_path / "report.json")),
             "trained_state_dict": TorchStateDictDataset(filepath=str(tmp_path / "model.pt")),
@@ -230,6 +231,7 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     catalog = run_catalog(
         small_digits, tmp_path, {**TRAINING, "epochs": 8},
         model_input=ParquetDataset(filepath=str(tmp_path / "model_input.parquet")),
+        model_spec=JSONDataset(filepath=str(tmp_path / "model_spec.json")),
     )
     SequentialRunner().run(create_pipeline(), catalog)
     history = catalog.load("training_history")
@@ -268,6 +270,29 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     assert packaged["model_spec"] == spec
 
 
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_evaluate_reruns_from_the_saved_files_alone(small_digits, tmp_path, cache):
+    """`--from-nodes evaluate`: a new catalog over the files a run saved, nothing in
+    memory, gives the report the run gave (from the image cache, or the files)."""
+    data = {**DATA, "cache": cache}
+
+    def saved_files() -> DataCatalog:
+        return run_catalog(small_digits, tmp_path, {**TRAINING, "epochs": 1}, **{
+            "params:data": MemoryDataset(data),
+            "model_input": ParquetDataset(filepath=str(tmp_path / "model_input.parquet")),
+            "label_map": JSONDataset(filepath=str(tmp_path / "label_map.json")),
+            "model_spec": JSONDataset(filepath=str(tmp_path / "model_spec.json")),
+        })
+
+    first = saved_files()
+    SequentialRunner().run(create_pipeline(), first)
+    (tmp_path / "report.json").rename(tmp_path / "first_report.json")
+    again = saved_files()
+    SequentialRunner().run(create_pipeline().from_nodes("evaluate"), again)
+    assert again.load("evaluation_report") == JSONDataset(
+        filepath=str(tmp_path / "first_report.json")).load()
+
+
 def test_the_packaged_model_predicts_what_evaluation_measured(small_digits, tmp_path):
     """With a load size and eval transforms of its own, the spec rebuilds the test
     split's preprocessing: predicting the test files gives evaluation's probabilities."""
@@ -276,6 +301,7 @@ def test_the_packaged_model_predicts_what_evaluation_measured(small_digits, tmp_
     catalog = run_catalog(small_digits, tmp_path, {**TRAINING, "epochs": 1}, **{
         "params:data": MemoryDataset(data),
         "label_map": JSONDataset(filepath=str(tmp_path / "label_map.json")),
+        "model_spec": JSONDataset(filepath=str(tmp_path / "model_spec.json")),
     })
     SequentialRunner().run(create_pipeline(), catalog)
     spec = catalog.load("model_spec")

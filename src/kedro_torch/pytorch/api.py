@@ -1,0 +1,302 @@
+"""The plain training API: the training pipeline's steps as functions of plain objects
+and the typed parameters of :mod:`kedro_torch.pytorch.config`.
+
+A script, a notebook, a worker process or a tuning trial calls these and gets what
+``kedro run --pipelines training`` gets for the same parameters: the pipeline's
+nodes do nothing but call them. In the order the pipeline runs them::
+
+    manifest = data.manifest_from_listing(data.list_folder("data/01_raw/digits"))
+    prepared = prepare_data(manifest, data_config)
+    loaders = build_loaders(prepared.model_input, prepared.normalization, data_config,
+                            seed=training.seed, images=prepared.images)
+    model = build_model(model_config, len(prepared.label_map), data_config.channels,
+                        seed=training.seed)
+    result = fit(model, loaders, training, num_classes=len(prepared.label_map))
+    spec = ModelSpec.from_configs(model_config, data_config, prepared.normalization)
+    evaluation = evaluate(result.state_dict, spec, prepared.model_input, prepared.label_map)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kedro_torch.pytorch import cache, data, engine, loaders, metrics, models, optimizers, plots
+from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.checkpoints import CheckpointStore
+from kedro_torch.pytorch.config import (
+    DataConfig,
+    EvaluationConfig,
+    ModelConfig,
+    NamedSpec,
+    TrainingConfig,
+)
+from kedro_torch.pytorch.inference import ModelSpec
+from kedro_torch.pytorch.progress import RichProgressBar
+
+logger = logging.getLogger(__name__)
+
+
+# --- data ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What checking and splitting the images produced."""
+
+    model_input: pd.DataFrame  # the readable images, with ``target`` and ``split``
+    label_map: dict[str, int]  # class name -> output index
+    normalization: dict  # mean, std and where they came from
+    report: dict  # the data-quality report
+    images: ImageStore  # decoded images for the loaders (none kept with cache: none)
+    on_disk: ImageStore | None  # the disk cache to save: updated under cache: disk
+
+
+def prepare_data(
+    manifest: pd.DataFrame, config: DataConfig, on_disk: ImageStore | None = None
+) -> PreparedData:
+    """Check every image once, set unreadable ones aside, encode labels and split.
+
+    ``on_disk`` is the store of ``data.cache: disk`` (``ImageStore.open(folder)``).
+    """
+    shape = (config.channels, config.decode_size, config.decode_size)
+    plan = cache.plan(config.cache, shape, len(manifest), on_disk)
+    checks, store = data.check_images(
+        manifest["path"].tolist(), plan.store, keep_pixels=plan.keep_pixels,
+        use_fingerprints=plan.use_fingerprints, num_workers=_workers(config),
+    )
+    checked = pd.concat([manifest, checks.drop(columns=["fingerprint", "chunk", "row"])], axis=1)
+    usable, bad = data.set_aside_bad_files(checked, config.max_bad_fraction)
+    unusable = sorted(set(manifest["label"]) - set(usable["label"]))
+    if unusable:
+        raise ValueError(f"classes without any readable image: {', '.join(map(repr, unusable))}")
+    model_input, label_map, missed = data.split_manifest(usable, config.split)
+    if config.normalize.computed:
+        train = usable[model_input["split"] == "train"]
+        normalization = data.normalization_from_sums(
+            train["pixel_sum"], train["pixel_sumsq"], config.decode_size**2
+        ) | {"source": "training split"}
+    else:
+        normalization = {"mean": config.normalize.mean, "std": config.normalize.std,
+                         "source": "parameters"}
+    report = data.quality_report(checked, bad, model_input, missed, config.max_bad_fraction)
+    return PreparedData(model_input, label_map, normalization, report, store,
+                        cache.to_save(config.cache, store, on_disk))
+
+
+def build_loaders(
+    model_input: pd.DataFrame,
+    normalization: Mapping[str, Sequence[float]],
+    config: DataConfig,
+    seed: int,
+    *,
+    images: ImageStore | None = None,
+    device: str = "auto",
+) -> dict[str, DataLoader]:
+    """One DataLoader per split, reading decoded images from ``images`` where it has them."""
+    transforms = {
+        stage: loaders.image_transform(
+            loaders.build_transforms(_pairs(getattr(config.transforms, stage)),
+                                     f"data.transforms.{stage}"),
+            config.image_size, config.decode_size,
+        )
+        for stage in ("train", "eval")
+    }
+    mixing = loaders.batch_transform(loaders.build_transforms(
+        _pairs(config.transforms.train_batch), "data.transforms.train_batch",
+        num_classes=int(model_input["target"].max()) + 1,
+    ))
+    datasets = {
+        split: _dataset(rows, config.channels, config.decode_size, normalization, images,
+                        transforms["train" if split == "train" else "eval"],
+                        mixing if split == "train" else None)
+        for split, rows in model_input.groupby("split", sort=False)
+    }
+    pin_memory = engine.resolve_device(device).type == "cuda"
+    return loaders.build_dataloaders(datasets, config, seed, pin_memory)
+
+
+def _dataset(rows: pd.DataFrame, channels: int, load_size: int,
+             normalization: Mapping[str, Sequence[float]], images: ImageStore | None,
+             transform, batch_transform=None) -> loaders.ImageManifestDataset:
+    return loaders.ImageManifestDataset(
+        rows["path"].tolist(), rows["target"].tolist(), channels=channels, load_size=load_size,
+        mean=normalization["mean"], std=normalization["std"],
+        content_hashes=rows["content_hash"].tolist(), store=images,
+        transform=transform, batch_transform=batch_transform,
+    )
+
+
+def _workers(config: DataConfig) -> int:
+    return loaders.default_num_workers() if config.num_workers is None else config.num_workers
+
+
+def _pairs(specs: list[NamedSpec]) -> list[tuple[str, dict]]:
+    return [(spec.name, spec.kwargs) for spec in specs]
+
+
+# --- model and training --------------------------------------------------------------
+
+
+def build_model(
+    config: ModelConfig, num_classes: int, channels: int, seed: int,
+    pretrained: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """A fresh model by name, seeded, with pretrained tensors loaded where they fit
+    (``pretrained``, or torchvision's ``model.weights``)."""
+    if config.weights:
+        pretrained = models.torchvision_weights(config.name, config.weights)
+    engine.seed_everything(seed)
+    model = models.build_model(config.name, num_classes, channels, **config.kwargs)
+    if pretrained is not None:
+        models.load_pretrained(model, pretrained, strict=config.pretrained_strict)
+    return model
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The weights to keep (the EMA's with EMA on, the best epoch's with early stopping
+    or keep_best), the per-epoch history, and the module holding those weights."""
+
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    model: nn.Module
+
+
+def fit(
+    model: nn.Module,
+    dataloaders: Mapping[str, DataLoader],
+    config: TrainingConfig,
+    *,
+    num_classes: int,
+    model_config: ModelConfig | None = None,
+    checkpoints: CheckpointStore | None = None,
+    callbacks: Sequence[engine.Callback] = (),
+) -> FitResult:
+    """Train on ``dataloaders["train"]``, validating on ``"val"`` if there is one.
+
+    ``model_config`` says whether the backbone starts frozen; ``checkpoints`` is where
+    every epoch's checkpoint goes and ``training.resume`` reads from.
+    """
+    engine.seed_everything(config.seed)
+    device = engine.resolve_device(config.device)
+    train_loader, val_loader = dataloaders["train"], dataloaders.get("val")
+    optimizer_list = optimizers.build_optimizers(model, config.optimizer)
+    batches = min(len(train_loader), config.max_batches_per_epoch or len(train_loader))
+    schedulers = optimizers.build_schedulers(
+        optimizer_list, config.scheduler, config.epochs,
+        steps_per_epoch=math.ceil(batches / config.accumulate_grad_batches),
+        monitor_mode=config.mode,
+    )
+    loss_fn = optimizers.build_loss(
+        config.loss, getattr(train_loader.dataset, "targets", None), num_classes
+    )
+    callbacks = list(callbacks)
+    if config.progress_bar:
+        callbacks.append(RichProgressBar())
+    if model_config is not None and model_config.freeze_backbone:
+        callbacks.append(engine.FreezeBackbone(
+            model, models.head_parameter_names(model), model_config.unfreeze_at_epoch
+        ))
+    trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,
+                             callbacks, checkpoints)
+    logger.info("Training %s on %s for %d epochs", type(model).__name__, device, config.epochs)
+    history = trainer.fit(train_loader, val_loader, resume=config.resume)
+    trained = trainer.eval_model
+    state_dict = {name: tensor.detach().cpu() for name, tensor in trained.state_dict().items()}
+    return FitResult(state_dict, history, trained)
+
+
+# --- evaluation ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    report: dict  # accuracy, top-k, per-class scores, confusion matrices, calibration
+    metrics: dict[str, float]  # the report's numbers under the names runs are compared by
+    predictions: pd.DataFrame  # one row per image: path, true, predicted, probability, entropy
+    # confusion_matrix, reliability, per_class, gallery; learning_curve given a history
+    figures: dict[str, Figure]
+
+
+def evaluate(
+    state_dict: Mapping[str, torch.Tensor],
+    spec: ModelSpec,
+    model_input: pd.DataFrame,
+    label_map: Mapping[str, int],
+    config: EvaluationConfig | None = None,
+    *,
+    data_config: DataConfig | None = None,
+    history: Sequence[Mapping[str, float]] | None = None,
+    images: ImageStore | None = None,
+    device: str = "auto",
+    split: str = "test",
+) -> Evaluation:
+    """How good saved weights are on a split, how well the model knows when it is
+    wrong, and where it fails.
+
+    The model and its preprocessing are rebuilt from ``state_dict`` and ``spec``
+    alone, as inference and the MLflow model rebuild them. ``data_config`` gives the
+    loader settings (batch size, workers); ``images`` a store of decoded images to
+    read instead of the files, used where it holds images of the spec's shape.
+    """
+    config = config or EvaluationConfig()
+    data_config = data_config or DataConfig()
+    class_names = sorted(label_map, key=label_map.get)
+    if images is not None and images.image_shape != (spec.channels, spec.decode_size,
+                                                     spec.decode_size):
+        images = None
+    dataset = _dataset(model_input[model_input["split"] == split], spec.channels,
+                       spec.decode_size, {"mean": spec.mean, "std": spec.std}, images,
+                       spec.eval_transform())
+    loader = loaders.build_dataloaders({split: dataset}, data_config, seed=0)[split]
+    device = engine.resolve_device(device)
+    model = spec.build_model(state_dict, len(class_names)).to(device)
+    logits, targets = engine.predict(model, loader, device)
+    probabilities = logits.softmax(dim=1)
+    confidence, predictions = probabilities.max(dim=1)
+    entropy = metrics.predictive_entropy(probabilities)
+    report = metrics.classification_report(targets, predictions, class_names)
+    report["top_k"] = config.top_k
+    report["top_k_accuracy"] = metrics.top_k_accuracy(logits, targets, config.top_k)
+    report["calibration"] = metrics.calibration(probabilities, targets, config.calibration_bins)
+    report["mean_entropy"] = entropy.mean().item()
+    logger.info("Test accuracy: %.4f, top-%d: %.4f, ECE: %.4f", report["accuracy"],
+                config.top_k, report["top_k_accuracy"], report["calibration"]["ece"])
+    names = np.asarray(class_names, dtype=object)
+    table = pd.DataFrame({
+        "path": dataset.paths, "true": names[targets.numpy()],
+        "predicted": names[predictions.numpy()], "probability": confidence.numpy(),
+        "entropy": entropy.numpy(),
+    })
+    picked = metrics.gallery_indices(probabilities, targets, entropy, config.gallery_size)
+    gallery = {
+        title: [
+            (dataset.raw_image(i).permute(1, 2, 0).squeeze(-1).numpy(),
+             f"true {names[targets[i]]}, pred {names[predictions[i]]}\np = {confidence[i]:.2f}, "
+             f"H = {entropy[i]:.2f}")
+            for i in picked[key]
+        ]
+        for key, title in (("confidently_wrong", "Most confidently wrong"),
+                           ("most_uncertain", "Most uncertain (highest entropy)"))
+    }
+    figures = {
+        "confusion_matrix": plots.confusion_matrix_figure(
+            report["confusion_matrix"], report["confusion_matrix_normalized"], class_names),
+        "reliability": plots.reliability_figure(report["calibration"]["bins"],
+                                                report["calibration"]["ece"]),
+        "per_class": plots.per_class_figure(report["per_class"]),
+        "gallery": plots.gallery_figure(gallery),
+    }
+    if history is not None:
+        figures["learning_curve"] = plots.learning_curve_figure(list(history))
+    return Evaluation(report, metrics.flat_test_metrics(report), table, figures)
