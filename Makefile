@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint viz ui benchmark clean
+.PHONY: install run test test-fast viz ui benchmark clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ run: install
 test: install
 	$(BIN)/ruff check src tests benchmarks data/01_raw/write_digits.py
 	$(BIN)/python -m pytest
+
+# Everything but the whole-pipeline runs (marker e2e): the loop while editing.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e"
 
 viz: install
 	$(BIN)/kedro viz run

@@ -11,6 +11,8 @@ from kedro_torch.pytorch.export import max_abs_difference
 from kedro_torch.pytorch.inference import ModelSpec
 from tests.e2e.conftest import kedro, latest_version
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def exported(finished_run, project):

@@ -16,6 +16,8 @@ from PIL import Image
 
 from tests.e2e.conftest import kedro, latest_run, latest_version
 
+pytestmark = pytest.mark.e2e
+
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 

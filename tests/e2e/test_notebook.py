@@ -1,9 +1,12 @@
 """notebooks/compare_runs.ipynb runs top to bottom against runs this session made."""
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.e2e
 
 
 def test_compare_runs_notebook_runs_top_to_bottom(finished_run, project, monkeypatch):

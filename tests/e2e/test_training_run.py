@@ -9,6 +9,8 @@ import pytest
 
 from tests.e2e.conftest import EPOCHS, kedro, latest_run, run_pipeline
 
+pytestmark = pytest.mark.e2e
+
 
 def test_parameters_are_flattened(finished_run):
     _, run = finished_run
@@ -101,6 +103,22 @@ def test_model_is_registered_with_the_champion_alias(finished_run):
     (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     assert version.name == "kedro_torch"
     assert "champion" in client.get_registered_model("kedro_torch").aliases
+
+
+def test_evaluate_reruns_on_the_saved_model_and_logs_the_same_test_metrics(
+    project, small_digits
+):
+    trained = kedro(project, "run", "--pipelines", "training", "--params",
+                    f"raw_images_path={small_digits},training.epochs=2")
+    assert trained.returncode == 0, trained.stderr
+    _, first = latest_run(project)
+    rerun = kedro(project, "run", "--pipelines", "training", "--from-nodes", "evaluate")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Running node: train" not in rerun.stderr + rerun.stdout
+    _, second = latest_run(project)
+    assert second.info.run_id != first.info.run_id
+    for name in ("test_accuracy", "test_ece", "test_macro_f1"):
+        assert second.data.metrics[name] == first.data.metrics[name], name
 
 
 def test_unknown_optimizer_stops_before_any_work(project):

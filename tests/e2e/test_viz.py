@@ -3,7 +3,11 @@ run, previews of the evaluation outputs."""
 
 import json
 
+import pytest
+
 from tests.e2e.conftest import kedro
+
+pytestmark = pytest.mark.e2e
 
 EVALUATION_PREVIEWS = {
     "evaluation_report": "JSONPreview",

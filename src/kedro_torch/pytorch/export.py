@@ -72,3 +72,12 @@ def compare_with_eager(
             value <= tolerance for per_size in differences.values() for value in per_size.values()
         ),
     }
+
+
+def require_within_tolerance(report: dict, key: str = "export.tolerance") -> None:
+    """Stop on an export that strays from the eager model: it would serve other answers."""
+    if not report["within_tolerance"]:
+        raise ValueError(
+            f"an export differs from the eager model by more than {key} = "
+            f"{report['tolerance']}: {report['max_abs_difference']}"
+        )

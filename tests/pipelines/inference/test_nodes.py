@@ -28,6 +28,7 @@ def folder(small_digits, tmp_path):
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_pipeline_predicts_every_image_and_reports_broken_ones(folder):
     torch.manual_seed(0)
     catalog = DataCatalog({

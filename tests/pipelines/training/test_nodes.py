@@ -227,6 +227,7 @@ def run_catalog(images, tmp_path, training=TRAINING, **persisted) -> DataCatalog
     )
 
 
+@pytest.mark.e2e
 def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     catalog = run_catalog(
         small_digits, tmp_path, {**TRAINING, "epochs": 8},
@@ -270,6 +271,7 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     assert packaged["model_spec"] == spec
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cache", ["memory", "disk"])
 def test_evaluate_reruns_from_the_saved_files_alone(small_digits, tmp_path, cache):
     """`--from-nodes evaluate`: a new catalog over the files a run saved, nothing in
@@ -293,6 +295,7 @@ def test_evaluate_reruns_from_the_saved_files_alone(small_digits, tmp_path, cach
         filepath=str(tmp_path / "first_report.json")).load()
 
 
+@pytest.mark.e2e
 def test_the_packaged_model_predicts_what_evaluation_measured(small_digits, tmp_path):
     """With a load size and eval transforms of its own, the spec rebuilds the test
     split's preprocessing: predicting the test files gives evaluation's probabilities."""
@@ -319,6 +322,7 @@ def test_the_packaged_model_predicts_what_evaluation_measured(small_digits, tmp_
     )
 
 
+@pytest.mark.e2e
 def test_a_truncated_jpeg_and_an_empty_file_are_set_aside_and_training_finishes(
     small_digits, tmp_path
 ):

@@ -40,18 +40,13 @@ def verify_exports(
     batch size; an export that differs by more than the tolerance fails the run."""
     config = parse(ExportConfig, export_params, "export")
     spec = ModelSpec.from_dict(model_spec)
-    eager = spec.build_model(state_dict, len(label_map))
-    images = spec.load_batch(model_input.loc[model_input["split"] == "test", "path"].tolist())
     report = export.compare_with_eager(
-        eager,
+        spec.build_model(state_dict, len(label_map)),
         {"torchscript": torchscript_model, "exported_program": exported_program.module()},
-        images, config.batch_sizes, config.tolerance,
+        spec.load_batch(model_input.loc[model_input["split"] == "test", "path"].tolist()),
+        config.batch_sizes, config.tolerance,
     )
-    logger.info("Exports vs eager on %d test images: %s", len(images),
+    logger.info("Exports vs eager on %d test images: %s", report["images"],
                 report["max_abs_difference"])
-    if not report["within_tolerance"]:
-        raise ValueError(
-            f"an export differs from the eager model by more than export.tolerance = "
-            f"{config.tolerance}: {report['max_abs_difference']}"
-        )
+    export.require_within_tolerance(report)
     return report
