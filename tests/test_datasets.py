@@ -6,7 +6,6 @@ import time
 import uuid
 
 import fsspec
-import mlflow
 import pandas as pd
 import pytest
 import torch
@@ -17,7 +16,6 @@ from kedro_torch.datasets import (
     ImageFolderDataset,
     ImageStoreDataset,
     ImageTableDataset,
-    MlflowImageClassifierDataset,
     TorchScriptDataset,
     TorchStateDictDataset,
 )
@@ -226,22 +224,6 @@ def test_state_dict_without_filepath_loads_none_and_refuses_to_save(filepath):
     assert not dataset.exists()
     with pytest.raises(DatasetError, match="has no filepath"):
         dataset.save(state_dict(1.0))
-
-
-# --- MlflowImageClassifierDataset ---------------------------------------------------
-
-
-def test_mlflow_model_save_without_active_run_raises():
-    assert mlflow.active_run() is None  # precondition: nothing left a run open
-    dataset = MlflowImageClassifierDataset(name="model")
-    with pytest.raises(DatasetError, match="no active MLflow run"):
-        dataset.save({"state_dict": state_dict(1.0)})
-    assert mlflow.active_run() is None  # and it did not start one
-
-
-def test_mlflow_model_dataset_cannot_load():
-    with pytest.raises(DatasetError, match="only logs"):
-        MlflowImageClassifierDataset().load()
 
 
 # --- TorchScriptDataset, ExportedProgramDataset -------------------------------------

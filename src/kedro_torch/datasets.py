@@ -1,6 +1,7 @@
 """Kedro datasets for what kedro-datasets has no entry for: image folders and image
 tables, the decoded-image cache, torch state_dicts, TorchScript modules and
-torch.export programs, and the classifier logged to MLflow and its model registry."""
+torch.export programs. The one that logs the classifier to MLflow is in
+:mod:`kedro_torch.tracking.datasets`, with the rest of the code that talks to MLflow."""
 
 from __future__ import annotations
 
@@ -11,20 +12,15 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 import fsspec
-import mlflow
 import pandas as pd
 import torch
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 from kedro.io.core import get_filepath_str, get_protocol_and_path
-from mlflow import MlflowClient
 from torch.export import ExportedProgram
 
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.checkpoints import CheckpointStore, load_weights, state_dict_from
 from kedro_torch.pytorch.data import ImageTable
-from kedro_torch.pytorch.distributed import is_main_process
-from kedro_torch.pytorch.inference import ModelSpec
-from kedro_torch.tracking import model as mlflow_model
 
 
 def _writable_filesystem(
@@ -255,56 +251,6 @@ class TorchStateDictDataset(_TorchFileDataset):
 
     def _write(self, data: dict[str, torch.Tensor], file: IO[bytes]) -> None:
         torch.save(data, file)
-
-
-class MlflowImageClassifierDataset(AbstractDataset[dict, None]):
-    """Logs the trained classifier to the active MLflow run as a model that takes raw
-    images (see :mod:`kedro_torch.tracking.model`), registers it, and moves the
-    registry alias ``champion_alias`` to it only if it beats the current holder.
-
-    Saves a mapping with ``state_dict``, ``model_spec`` (a dict), ``label_map``,
-    ``top_k``, ``batch_size``, ``registered_model_name`` (``None``: log only) and
-    ``metrics``, which must hold ``champion_metric``.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: str = "model",
-        champion_alias: str = "champion",
-        champion_metric: str = "test_accuracy",
-        metadata: dict[str, Any] | None = None,
-    ):
-        self._name = name
-        self._champion_alias = champion_alias
-        self._champion_metric = champion_metric
-        self.metadata = metadata
-
-    def save(self, data: dict[str, Any]) -> None:
-        if not is_main_process():
-            return
-        if mlflow.active_run() is None:
-            raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
-        registered_name = data["registered_model_name"]
-        info = mlflow_model.log_image_classifier(
-            self._name, data["state_dict"], ModelSpec.from_dict(data["model_spec"]),
-            data["label_map"], data["top_k"], data["batch_size"], registered_name,
-        )
-        if registered_name:
-            mlflow_model.promote_if_better(
-                MlflowClient(), registered_name, str(info.registered_model_version),
-                self._champion_metric, data["metrics"][self._champion_metric],
-                self._champion_alias,
-            )
-
-    def load(self) -> None:
-        raise DatasetError(
-            f"{type(self).__name__} only logs; load the model with mlflow.pyfunc.load_model"
-        )
-
-    def _describe(self) -> dict[str, Any]:
-        return {"name": self._name, "champion_alias": self._champion_alias,
-                "champion_metric": self._champion_metric}
 
 
 class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):

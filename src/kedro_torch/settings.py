@@ -1,22 +1,18 @@
 """Project settings: hooks and configuration loading."""
 
-from kedro_torch.hooks import (
-    BatchedParamsMlflowHook,
-    GarbageCollectionHook,
-    MlflowArtifactHook,
-    MlflowRunHook,
-    ParameterValidationHook,
-)
+from kedro_torch.hooks import GarbageCollectionHook, ParameterValidationHook
+from kedro_torch.tracking.hooks import MlflowArtifactHook, MlflowHookForwarder, MlflowRunHook
 
 # kedro-mlflow's hook is registered here, as a subclass that logs parameters in
-# batches, in place of the one its plugin registers. Hooks registered later run
-# earlier, so it keeps the place the plugin's had: ahead of the project's own.
+# batches (reached through MlflowHookForwarder, which builds it on the first call),
+# in place of the one its plugin registers. Hooks registered later run earlier, so
+# it keeps the place the plugin's had: ahead of the project's own.
 HOOKS = (
     ParameterValidationHook(),
     MlflowArtifactHook(),
     MlflowRunHook(),
     GarbageCollectionHook(),
-    BatchedParamsMlflowHook(),
+    MlflowHookForwarder(),
 )
 # The plugin's distribution name, as older and newer packaging spell it.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

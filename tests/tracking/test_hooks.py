@@ -1,13 +1,20 @@
-"""What the project's hooks add to a run (its name, git state and device), the
-parameters they check at the door, and how node parameters reach MLflow."""
+"""What the project's hooks add to a run (its name, git state and device), how node
+parameters reach MLflow, and how kedro-mlflow's hook takes the place of the plugin's."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import subprocess
 
 import mlflow
 import pytest
+from kedro.framework.hooks.manager import (
+    _create_hook_manager,
+    _register_hooks,
+    _register_hooks_entry_points,
+)
+from kedro.framework.hooks.markers import HOOK_NAMESPACE
 from kedro.io import DataCatalog
 from kedro.pipeline import node
 from kedro_mlflow.framework.hooks import MlflowHook
@@ -15,14 +22,11 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from kedro_torch import settings
-from kedro_torch.hooks import (
-    BatchedParamsMlflowHook,
-    device_tags,
-    git_state,
-    run_name,
-    validate_parameters,
-)
-from kedro_torch.pytorch.config import ParameterError
+from kedro_torch.hooks import GarbageCollectionHook, ParameterValidationHook
+from kedro_torch.tracking import mlflow_hook
+from kedro_torch.tracking.hooks import MlflowHookForwarder, MlflowRunHook
+from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
+from kedro_torch.tracking.runs import device_tags, git_state, run_name
 
 
 def test_run_name_from_model_optimizer_and_learning_rate():
@@ -55,26 +59,6 @@ def test_git_state_gives_the_commit_and_whether_the_tree_is_dirty(tmp_path):
 
 def test_device_tag_is_the_resolved_device():
     assert device_tags({"device": "cpu"}) == {"device": "cpu"}
-
-
-def test_new_sections_are_validated_at_the_door():
-    with pytest.raises(ParameterError, match=r"export\.tolerance"):
-        validate_parameters({"export": {"tolerance": -1}}, {"export"})
-    validate_parameters({}, {"evaluation", "mlflow", "inference", "export"})
-
-
-def test_an_unknown_transform_name_stops_the_run_at_the_door():
-    parameters = {"data": {"transforms": {"eval": [{"name": "CenterCrop", "kwargs": {"size": 8}},
-                                                   {"name": "CentreCrop"}]}}}
-    with pytest.raises(ValueError, match=r"data\.transforms\.eval\[1\]\.name: unknown name"):
-        validate_parameters(parameters, {"data"})
-
-
-def test_transform_arguments_are_tried_at_the_door():
-    parameters = {"data": {"transforms": {"train_batch": [{"name": "MixUp",
-                                                           "kwargs": {"alpha": -1}}]}}}
-    with pytest.raises(ValueError, match=r"data\.transforms\.train_batch\[0\] \(MixUp\)"):
-        validate_parameters(parameters, {"data"})
 
 
 @pytest.fixture
@@ -135,8 +119,75 @@ def test_over_long_parameters_follow_kedro_mlflows_strategy(mlflow_run):
         run_node(params_hook("fail"), {"params:note": long_value})
 
 
-def test_the_plugins_own_mlflow_hook_is_replaced_not_doubled():
+@pytest.fixture(scope="module")
+def hook_manager():
+    """The project's hooks and the installed plugins', registered as a KedroSession does."""
+    manager = _create_hook_manager()
+    _register_hooks(manager, settings.HOOKS)
+    _register_hooks_entry_points(manager, settings.DISABLE_HOOKS_FOR_PLUGINS)
+    return manager
+
+
+def test_the_plugins_own_mlflow_hook_is_replaced_not_doubled(hook_manager):
     """The plugin's hook is unregistered by its distribution name, as Kedro reads it."""
     name = importlib.metadata.distribution("kedro-mlflow").metadata["Name"]
     assert name in settings.DISABLE_HOOKS_FOR_PLUGINS
-    assert sum(isinstance(hook, MlflowHook) for hook in settings.HOOKS) == 1
+    plugins = hook_manager.get_plugins()
+    assert not any(isinstance(plugin, MlflowHook) for plugin in plugins)
+    assert sum(isinstance(plugin, MlflowHookForwarder) for plugin in plugins) == 1
+
+
+def called_in_order(hook_manager, hook: str) -> list[type]:
+    """The project's implementations of ``hook``, in the order pluggy calls them."""
+    implementations = reversed(getattr(hook_manager.hook, hook).get_hookimpls())
+    return [type(impl.plugin) for impl in implementations if impl.plugin in settings.HOOKS]
+
+
+def test_kedro_mlflows_hook_keeps_the_place_of_the_plugins_own(hook_manager):
+    """Parameters are checked before kedro-mlflow opens the run, the run's story is
+    told once it is open and finished before kedro-mlflow closes it."""
+    assert called_in_order(hook_manager, "before_pipeline_run") == [
+        ParameterValidationHook, MlflowHookForwarder, GarbageCollectionHook, MlflowRunHook,
+    ]
+    for hook in ("after_pipeline_run", "on_pipeline_error"):
+        assert called_in_order(hook_manager, hook) == [MlflowRunHook, MlflowHookForwarder]
+
+
+def hook_implementations(cls: type) -> dict[str, tuple[dict, list[str]]]:
+    """The hooks a class implements: each one's options and argument names."""
+    return {
+        name: (options, list(inspect.signature(function).parameters))
+        for name, function in inspect.getmembers(cls, inspect.isfunction)
+        if (options := getattr(function, f"{HOOK_NAMESPACE}_impl", None)) is not None
+    }
+
+
+def test_the_forwarder_implements_kedro_mlflows_hooks_as_they_are():
+    """Pluggy passes a hook the arguments it names, in the place its options give it."""
+    assert hook_implementations(MlflowHookForwarder) == hook_implementations(MlflowHook)
+    assert hook_implementations(BatchedParamsMlflowHook) == hook_implementations(MlflowHook)
+
+
+def test_the_forwarder_builds_the_hook_on_the_first_call_and_passes_every_call_on(
+    monkeypatch,
+):
+    """Nothing is built, so MLflow is not imported, until Kedro calls a hook."""
+    built, calls = [], []
+
+    class Recorder:
+        def __init__(self):
+            built.append(self)
+
+        def __getattr__(self, name):
+            return lambda *args: calls.append((name, args))
+
+    monkeypatch.setattr(mlflow_hook, "BatchedParamsMlflowHook", Recorder)
+    forwarder = MlflowHookForwarder()
+    assert built == []
+    expected = []
+    for name, (_, argnames) in hook_implementations(MlflowHook).items():
+        arguments = tuple(f"{name}:{argname}" for argname in argnames[1:])  # after self
+        getattr(forwarder, name)(*arguments)
+        expected.append((name, arguments))
+    assert len(built) == 1
+    assert calls == expected

@@ -1,0 +1,162 @@
+"""The hooks that put a Kedro run into MLflow, as settings.py registers them.
+
+Kedro imports the project's settings, and so these hooks, for every command, even
+``kedro --version``; MLflow, kedro-mlflow and torch would add seconds to each. So
+this module imports Kedro only, and the hooks import their work
+(:mod:`kedro_torch.tracking.runs`, :mod:`kedro_torch.tracking.mlflow_hook`) when
+Kedro first calls them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kedro.framework.hooks import hook_impl
+
+if TYPE_CHECKING:
+    from kedro.framework.context import KedroContext
+    from kedro.io import DataCatalog
+    from kedro.pipeline import Pipeline
+    from kedro.pipeline.node import Node
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
+
+
+class MlflowHookForwarder:
+    """Stands in for kedro-mlflow's hook, as
+    :class:`~kedro_torch.tracking.mlflow_hook.BatchedParamsMlflowHook`, and passes
+    every call on to it.
+
+    That class cannot be defined without importing kedro-mlflow and MLflow, so it is
+    built on the first call. This class has kedro-mlflow's hook implementations, with
+    their arguments and options, so Kedro calls it where it would call the plugin's.
+    """
+
+    def __init__(self) -> None:
+        self._built: BatchedParamsMlflowHook | None = None
+
+    def _hook(self) -> BatchedParamsMlflowHook:
+        """Imported here, not with the module: defining the class imports MLflow."""
+        if self._built is None:
+            from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook  # noqa: PLC0415
+
+            self._built = BatchedParamsMlflowHook()
+        return self._built
+
+    @hook_impl
+    def after_context_created(self, context: KedroContext) -> None:
+        self._hook().after_context_created(context)
+
+    @hook_impl
+    def after_catalog_created(
+        self,
+        catalog: DataCatalog,
+        conf_catalog: dict[str, Any],
+        conf_creds: dict[str, Any],
+        parameters: dict[str, Any],
+        save_version: str,
+        load_versions: dict[str, str],
+    ) -> None:
+        self._hook().after_catalog_created(
+            catalog, conf_catalog, conf_creds, parameters, save_version, load_versions
+        )
+
+    @hook_impl
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        self._hook().before_pipeline_run(run_params, pipeline, catalog)
+
+    @hook_impl
+    def before_node_run(
+        self, node: Node, catalog: DataCatalog, inputs: dict[str, Any], is_async: bool
+    ) -> None:
+        self._hook().before_node_run(node, catalog, inputs, is_async)
+
+    @hook_impl
+    def after_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        self._hook().after_pipeline_run(run_params, pipeline, catalog)
+
+    @hook_impl
+    def on_pipeline_error(
+        self,
+        error: Exception,
+        run_params: dict[str, Any],
+        pipeline: Pipeline,
+        catalog: DataCatalog,
+    ) -> None:
+        self._hook().on_pipeline_error(error, run_params, pipeline, catalog)
+
+
+class MlflowArtifactHook:
+    """Logs the file of every catalog entry marked ``metadata: {mlflow_artifact: true}``,
+    and every table marked ``metadata: {mlflow_dataset_input: true}`` as a dataset
+    input of the run (``mlflow.log_input``), so runs on different data are told apart.
+
+    Marking entries in the catalog, rather than wrapping them in kedro-mlflow's
+    ``MlflowArtifactDataset``, keeps Kedro's versioning of the local copy: a
+    versioned dataset nested in that wrapper gets a save version of its own,
+    which Kedro 1.x rejects.
+    """
+
+    def __init__(self) -> None:
+        self._catalog: DataCatalog | None = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog: DataCatalog) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        """Imported here, not with the module: logging imports MLflow."""
+        from kedro_torch.tracking import runs  # noqa: PLC0415
+
+        if self._catalog is not None:
+            runs.log_saved_dataset(self._catalog, dataset_name, data)
+
+
+class MlflowRunHook:
+    """Makes the run kedro-mlflow opened tell its own story.
+
+    It names the run after the main parameters (``resnet18-AdamW-lr0.001``) unless
+    mlflow.yml names it; tags it with the git commit (and whether the tree had
+    uncommitted changes), the Kedro environment, the pipeline and the device; logs
+    the resolved parameters as ``parameters.yml``; and samples CPU, memory and GPU
+    use through MLflow's system-metrics monitor, flushed before the run ends.
+    Runs after kedro-mlflow's ``before_pipeline_run`` (``trylast``), which opens
+    the run, and before its ``after_pipeline_run`` (``tryfirst``), which closes it.
+    """
+
+    def __init__(self) -> None:
+        self._context: KedroContext | None = None
+        self._monitor: SystemMetricsMonitor | None = None
+
+    @hook_impl
+    def after_context_created(self, context: KedroContext) -> None:
+        self._context = context
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        """Imported here, not with the module: describing the run imports MLflow and torch."""
+        from kedro_torch.tracking import runs  # noqa: PLC0415
+
+        if self._context is not None:
+            self._monitor = runs.describe_run(self._context, run_params, pipeline, catalog)
+
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self) -> None:
+        self._stop_monitor()
+
+    @hook_impl(tryfirst=True)
+    def on_pipeline_error(self) -> None:
+        self._stop_monitor()
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()  # logs what it holds, while the run is still open
+            self._monitor = None

@@ -1,0 +1,60 @@
+"""kedro-mlflow's hook, logging the parameters of each node in one batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline
+from kedro.pipeline.node import Node
+from kedro_mlflow.framework.hooks import MlflowHook
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+
+class BatchedParamsMlflowHook(MlflowHook):
+    """kedro-mlflow's hook, logging the parameters of each node in one batch.
+
+    kedro-mlflow logs each flattened parameter a node takes with a
+    ``mlflow.log_param`` call of its own, a database transaction each, and again
+    for every node that takes the same section: about 280 transactions, 0.4 s,
+    for the training pipeline. Here a node's parameters go in one ``log_params``
+    call, without those the run already holds. Everything else, including how
+    over-long values are treated (``long_params_strategy``), is kedro-mlflow's.
+    Kedro calls it through :class:`kedro_torch.tracking.hooks.MlflowHookForwarder`,
+    which settings.py registers in place of the plugin's own hook.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: dict[str, Any] | None = None
+        self._logged: dict[str, str] = {}
+
+    @hook_impl
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        self._logged = {}
+        super().before_pipeline_run(run_params, pipeline, catalog)
+
+    @hook_impl
+    def before_node_run(
+        self, node: Node, catalog: DataCatalog, inputs: dict[str, Any], is_async: bool
+    ) -> None:
+        self._pending = {}
+        try:
+            super().before_node_run(node, catalog, inputs, is_async)
+            new = {name: value for name, value in self._pending.items()
+                   if self._logged.get(name) != str(value)}
+        finally:
+            self._pending = None
+        if new:
+            mlflow.log_params(new)
+            self._logged.update({name: str(value) for name, value in new.items()})
+
+    def _log_param(self, name: str, value: Any) -> None:
+        if self._pending is None or len(str(value)) > MAX_PARAM_VAL_LENGTH:
+            super()._log_param(name, value)
+        else:
+            self._pending[name] = value

@@ -1,0 +1,129 @@
+"""What the project's hooks (:mod:`kedro_torch.tracking.hooks`) write to the run
+kedro-mlflow opened: its name, tags, resolved parameters and system metrics, the
+files of catalog entries marked for it and the run's dataset input."""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from kedro.framework.context import KedroContext
+from kedro.io import AbstractVersionedDataset, DataCatalog
+from kedro.pipeline import Pipeline
+from mlflow import MlflowClient
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+from kedro_torch.pytorch import engine
+from kedro_torch.pytorch.config import MlflowConfig, ModelConfig, TrainingConfig, parse
+from kedro_torch.pytorch.distributed import is_main_process
+
+
+def describe_run(
+    context: KedroContext,
+    run_params: dict[str, Any],
+    pipeline: Pipeline,
+    catalog: DataCatalog,
+) -> SystemMetricsMonitor | None:
+    """Name and tag the active run, log ``parameters.yml`` and start sampling system
+    metrics; returns the monitor to finish before the run ends, if one was started.
+
+    Only the main process writes, and only to a run kedro-mlflow opened.
+    """
+    run = mlflow.active_run()
+    if run is None or not is_main_process():
+        return None
+    parameters = catalog.load("parameters")
+    mlflow_config = getattr(context, "mlflow", None)
+    if mlflow_config is None or mlflow_config.tracking.run.name is None:
+        MlflowClient().update_run(run.info.run_id, name=run_name(parameters))
+    commit, dirty = git_state(Path(run_params["project_path"]))
+    pipelines = run_params.get("pipeline_names") or ["__default__"]
+    tags = {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "kedro_env": run_params.get("env") or context.config_loader.default_run_env,
+        "pipeline": "+".join(pipelines),
+    }
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit  # shown in the run's overview
+    if {"params:training", "params:model"} & pipeline.inputs():
+        tags.update(device_tags(parameters.get("training")))
+    mlflow.set_tags(tags)
+    mlflow.log_dict(parameters, "parameters.yml")
+    interval = parse(MlflowConfig, parameters.get("mlflow"), "mlflow").system_metrics_interval
+    if interval is None:
+        return None
+    monitor = SystemMetricsMonitor(run.info.run_id, sampling_interval=interval)
+    monitor.start()
+    return monitor
+
+
+def log_saved_dataset(catalog: DataCatalog, dataset_name: str, data: Any) -> None:
+    """Log what a save wrote, as its catalog entry's metadata asks: the file
+    (``mlflow_artifact``), the table as the run's dataset input (``mlflow_dataset_input``)."""
+    if mlflow.active_run() is None or not is_main_process():
+        return
+    dataset = catalog.get(dataset_name)
+    metadata = getattr(dataset, "metadata", None) or {}
+    if metadata.get("mlflow_dataset_input"):
+        log_dataset_input(dataset_name, data, str(getattr(dataset, "_filepath", "")))
+    if not metadata.get("mlflow_artifact"):
+        return
+    if isinstance(dataset, AbstractVersionedDataset):
+        path = dataset._get_load_path()  # the version just written
+    else:
+        path = dataset._filepath
+    mlflow.log_artifact(str(path))
+
+
+def log_dataset_input(name: str, table: pd.DataFrame, source: str) -> None:
+    """Log a table as the run's training data, its digest computed without ``path``.
+
+    Absolute paths say where the data sits, not what it is: the same images
+    copied elsewhere keep their digest; other files, labels or splits change it.
+    """
+    content = table.drop(columns=["path"], errors="ignore")
+    with warnings.catch_warnings():
+        # MLflow's dataset helpers warn that a local path is ambiguous (they register
+        # its source type twice), that integer columns cannot hold missing values and
+        # about pandas 4 call styles: none of it concerns this table.
+        warnings.filterwarnings("ignore", module="mlflow")
+        dataset = mlflow.data.from_pandas(content, source=source, name=name)
+        mlflow.log_input(dataset, context="training")
+
+
+def run_name(parameters: dict[str, Any]) -> str:
+    """``<model>-<optimizer>-lr<lr>``, from the parameters that differ most between runs."""
+    model = parse(ModelConfig, parameters.get("model"), "model")
+    optimizer = parse(TrainingConfig, parameters.get("training"), "training").optimizer
+    parts = [model.name, optimizer.name]
+    if "lr" in optimizer.kwargs:
+        parts.append(f"lr{optimizer.kwargs['lr']}")
+    return "-".join(str(part) for part in parts)
+
+
+def git_state(project_path: Path) -> tuple[str, str]:
+    """The commit checked out and whether the tree differs from it ("true"/"false");
+    ``("unknown", "unknown")`` outside a git repository or without git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_path, check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=project_path, check=True,
+                                capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+    return commit, str(bool(status.strip())).lower()
+
+
+def device_tags(training_params: dict[str, Any] | None) -> dict[str, str]:
+    """The device ``training.device`` resolves to here, and the GPU's name if one."""
+    device = engine.resolve_device(parse(TrainingConfig, training_params, "training").device)
+    tags = {"device": device.type}
+    if device.type == "cuda":
+        tags["device_name"] = torch.cuda.get_device_name(device)
+    return tags
