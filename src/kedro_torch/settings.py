@@ -1,7 +1,13 @@
 """Project settings: hooks and configuration loading."""
 
-from kedro_torch.hooks import GarbageCollectionHook, ParameterValidationHook
+from kedro_torch.hooks import (
+    GarbageCollectionHook,
+    ParameterValidationHook,
+    collect_rarely_during_start_up,
+)
 from kedro_torch.tracking.hooks import MlflowArtifactHook, MlflowHookForwarder, MlflowRunHook
+
+collect_rarely_during_start_up()
 
 # kedro-mlflow's hook is registered here, as a subclass that logs parameters in
 # batches (reached through MlflowHookForwarder, which builds it on the first call),
