@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.checkpoints import CheckpointStore, load_weights, state_dict_from
-from kedro_torch.pytorch.data import ImageTable
+from kedro_torch.pytorch.data import ImageTable, list_folder
 
 
 def _writable_filesystem(
@@ -35,12 +35,8 @@ def _writable_filesystem(
 
 class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
     """Lists the files and folders under a folder, on any fsspec filesystem, without
-    reading them.
-
-    Loads a DataFrame with ``path`` (openable by fsspec), ``relative_path`` (POSIX,
-    relative to the folder) and ``is_dir`` for every file and subfolder; folders are
-    listed so that an empty class folder can be noticed. Which files are images and
-    what their labels are is decided by the pipeline, not here.
+    reading them: :func:`kedro_torch.pytorch.data.list_folder` on the catalog's path
+    and credentials.
     """
 
     def __init__(
@@ -58,28 +54,13 @@ class ImageFolderDataset(AbstractDataset[None, pd.DataFrame]):
         self.metadata = metadata
 
     def load(self) -> pd.DataFrame:
-        if not self._fs.isdir(self._root):
-            raise DatasetError(f"image folder {self._root!r} does not exist or is not a folder")
-        found = self._fs.find(self._root, withdirs=True, detail=True)
-        entries = sorted(
-            (name, info["type"] == "directory") for name, info in found.items()
-            if name.rstrip("/") != self._root
-        )
-        return pd.DataFrame(
-            {
-                "path": [self._openable(name) for name, _ in entries],
-                "relative_path": [
-                    PurePosixPath(name).relative_to(self._root).as_posix() for name, _ in entries
-                ],
-                "is_dir": [is_dir for _, is_dir in entries],
-            }
-        )
+        try:
+            return list_folder(self._root, self._fs)
+        except FileNotFoundError as error:
+            raise DatasetError(str(error)) from error
 
     def save(self, data: pd.DataFrame) -> None:
         raise DatasetError(f"{type(self).__name__} is read-only")
-
-    def _openable(self, path: str) -> str:
-        return path if self._protocol == "file" else f"{self._protocol}://{path}"
 
     def _exists(self) -> bool:
         return self._fs.isdir(self._root)
