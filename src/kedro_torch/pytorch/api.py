@@ -250,7 +250,6 @@ def evaluate(
     read instead of the files, used where it holds images of the spec's shape.
     """
     config = config or EvaluationConfig()
-    data_config = data_config or DataConfig()
     class_names = sorted(label_map, key=label_map.get)
     if images is not None and images.image_shape != (spec.channels, spec.decode_size,
                                                      spec.decode_size):
@@ -258,7 +257,7 @@ def evaluate(
     dataset = _dataset(model_input[model_input["split"] == split], spec.channels,
                        spec.decode_size, {"mean": spec.mean, "std": spec.std}, images,
                        spec.eval_transform())
-    loader = loaders.build_dataloaders({split: dataset}, data_config, seed=0)[split]
+    loader = loaders.build_dataloaders({split: dataset}, data_config or DataConfig(), 0)[split]
     device = engine.resolve_device(device)
     model = spec.build_model(state_dict, len(class_names)).to(device)
     logits, targets = engine.predict(model, loader, device)
@@ -279,24 +278,31 @@ def evaluate(
         "entropy": entropy.numpy(),
     })
     picked = metrics.gallery_indices(probabilities, targets, entropy, config.gallery_size)
-    gallery = {
-        title: [
-            (dataset.raw_image(i).permute(1, 2, 0).squeeze(-1).numpy(),
-             f"true {names[targets[i]]}, pred {names[predictions[i]]}\np = {confidence[i]:.2f}, "
-             f"H = {entropy[i]:.2f}")
-            for i in picked[key]
-        ]
+    figures = _figures(report, class_names, {
+        title: [(dataset.raw_image(i), table.iloc[i]) for i in picked[key]]
         for key, title in (("confidently_wrong", "Most confidently wrong"),
                            ("most_uncertain", "Most uncertain (highest entropy)"))
+    })
+    if history is not None:
+        figures["learning_curve"] = plots.learning_curve_figure(list(history))
+    return Evaluation(report, metrics.flat_test_metrics(report), table, figures)
+
+
+def _figures(report: dict, class_names: list[str],
+             gallery: Mapping[str, list[tuple[torch.Tensor, pd.Series]]]) -> dict[str, Figure]:
+    """The report's figures, and a gallery of the picked images with their table rows."""
+    captioned = {
+        title: [(image.permute(1, 2, 0).squeeze(-1).numpy(),
+                 f"true {row.true}, pred {row.predicted}\n"
+                 f"p = {row.probability:.2f}, H = {row.entropy:.2f}")
+                for image, row in picked]
+        for title, picked in gallery.items()
     }
-    figures = {
+    return {
         "confusion_matrix": plots.confusion_matrix_figure(
             report["confusion_matrix"], report["confusion_matrix_normalized"], class_names),
         "reliability": plots.reliability_figure(report["calibration"]["bins"],
                                                 report["calibration"]["ece"]),
         "per_class": plots.per_class_figure(report["per_class"]),
-        "gallery": plots.gallery_figure(gallery),
+        "gallery": plots.gallery_figure(captioned),
     }
-    if history is not None:
-        figures["learning_curve"] = plots.learning_curve_figure(list(history))
-    return Evaluation(report, metrics.flat_test_metrics(report), table, figures)
