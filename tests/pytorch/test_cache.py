@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
+from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore, plan, to_save
 
 
 def filled(store: ImageStore, hashes: list[str]) -> ImageStore:
@@ -74,3 +74,35 @@ def test_pickled_folder_store_carries_no_mapped_images(tmp_path):
     assert len(pickle.dumps(reopened)) < 3 * 64 * 64  # less than one image: no pixels
     np.testing.assert_array_equal(copy.image(int(chunks[2]), int(rows[2])).numpy(),
                                   np.full((3, 64, 64), 2, np.uint8))
+
+
+# --- what data.cache means -------------------------------------------------------------
+
+
+def test_disk_reuses_the_folders_store_and_starts_afresh_at_another_image_shape(tmp_path):
+    on_disk = filled(ImageStore((1, 2, 2), str(tmp_path)), ["a", "b"])
+    same = plan("disk", (1, 2, 2), 2, on_disk)
+    assert same.store is on_disk and same.keep_pixels and same.use_fingerprints
+    other = plan("disk", (3, 4, 4), 2, on_disk)
+    assert other.store.image_shape == (3, 4, 4) and len(other.store) == 0
+    assert other.store.folder == str(tmp_path)
+    assert to_save("disk", other.store, on_disk) is other.store
+
+
+@pytest.mark.parametrize("mode", ["memory", "none"])
+def test_memory_and_none_check_into_memory_and_leave_the_folder_as_it_was(tmp_path, mode):
+    on_disk = ImageStore.open(str(tmp_path))
+    chosen = plan(mode, (1, 2, 2), 10, on_disk)
+    assert chosen.store.folder is None and chosen.store is not on_disk
+    assert chosen.keep_pixels == (mode == "memory") and not chosen.use_fingerprints
+    assert to_save(mode, chosen.store, on_disk) is on_disk
+
+
+def test_memory_refuses_more_images_than_half_the_machines_memory():
+    with pytest.raises(ValueError, match=r"^data\.cache: memory would hold 10000000000 images"):
+        plan("memory", (3, 224, 224), 10**10, None)
+
+
+def test_disk_without_a_folder_says_what_it_needs():
+    with pytest.raises(ValueError, match=r"^data\.cache: disk needs a folder"):
+        plan("disk", (1, 2, 2), 1, ImageStore((1, 2, 2)))
