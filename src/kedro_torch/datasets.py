@@ -235,7 +235,8 @@ class TorchStateDictDataset(_TorchFileDataset):
 
 
 class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):
-    """The folder where training writes a checkpoint every epoch.
+    """The folder below which training writes its checkpoints, one folder per
+    training configuration (see :meth:`CheckpointStore.for_identity`).
 
     Loads a :class:`~kedro_torch.pytorch.checkpoints.CheckpointStore` for the train node
     to write to and resume from: checkpoints are written during the node, so the
@@ -262,7 +263,7 @@ class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointStore]):
         raise DatasetError(f"{type(self).__name__} is written through the store it loads")
 
     def _exists(self) -> bool:
-        return self._fs.exists(f"{self._directory.rstrip('/')}/last.pt")
+        return bool(self.load().identities())
 
     def _describe(self) -> dict[str, Any]:
         return {"path": self._directory}

@@ -146,7 +146,7 @@ def test_resume_without_restoring_the_random_state_would_differ(tmp_path):
 
 
 class CheckpointReader(Callback):
-    """Reads last.pt back at the end of every epoch (it is written just before)."""
+    """Reads the newest checkpoint back at the end of every epoch (written just before)."""
 
     def __init__(self, store: CheckpointStore):
         self.store, self.epochs = store, []
@@ -165,7 +165,8 @@ def test_a_checkpoint_is_written_every_epoch_and_holds_the_whole_state(tmp_path)
 
     assert reader.epochs == [1, 2, 3]
     # What load uses, and what a user would call: both with weights_only=True.
-    saved = torch.load(store.path("last.pt"), weights_only=True)
+    assert store.steps() == ["step-00003-0000000.pt"]  # keep: 1, the newest only
+    saved = torch.load(store.path(store.steps()[-1]), weights_only=True)
     assert set(saved) == {"epoch", "planned_epochs", "history", "best_metric", "best_epoch",
                           "stale_epochs",
                           "model", "optimizers", "schedulers", "scaler", "ema", "rng"}
@@ -235,12 +236,13 @@ class RunsCodeWhenUnpickled:
 
 
 def test_resume_from_a_checkpoint_holding_python_objects_is_refused(tmp_path):
-    """A tampered last.pt is refused without running its payload (weights_only=True)."""
+    """A tampered checkpoint is refused without running its payload (weights_only=True)."""
     directory, marker = tmp_path / "checkpoints", tmp_path / "marker"
     directory.mkdir()
-    torch.save({"epoch": 1, "payload": RunsCodeWhenUnpickled(marker)}, directory / "last.pt")
+    torch.save({"epoch": 1, "payload": RunsCodeWhenUnpickled(marker)},
+               directory / "step-00001-0000000.pt")
     trainer, train, val = make_trainer(CheckpointStore(str(directory)), 2)
-    with pytest.raises(UnsafeCheckpointError, match=r"last\.pt: refused to load"):
+    with pytest.raises(UnsafeCheckpointError, match=r"step-00001-0000000\.pt: refused to load"):
         trainer.fit(train, val, resume=True)
     assert not marker.exists()
 
@@ -300,7 +302,7 @@ def test_a_save_interrupted_before_the_rename_leaves_the_last_checkpoint_intact(
     seed_everything(0)
     first, train, val = make_trainer(store, 1)
     first.fit(train, val)
-    good_bytes = (directory / "last.pt").read_bytes()
+    good_bytes = (directory / "step-00001-0000000.pt").read_bytes()
 
     def crash(*args, **kwargs):
         raise OSError("power cut before the rename")
@@ -311,8 +313,8 @@ def test_a_save_interrupted_before_the_rename_leaves_the_last_checkpoint_intact(
         interrupted.fit(train, val, resume=True)
     monkeypatch.undo()
 
-    assert (directory / "last.pt").read_bytes() == good_bytes
-    assert [p.name for p in directory.iterdir()] == ["last.pt"]
+    assert (directory / "step-00001-0000000.pt").read_bytes() == good_bytes
+    assert [p.name for p in directory.iterdir()] == ["step-00001-0000000.pt"]
     resumed, train, val = make_trainer(store, 2)
     assert [row["epoch"] for row in resumed.fit(train, val, resume=True)] == [1, 2]
 

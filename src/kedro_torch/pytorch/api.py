@@ -18,10 +18,12 @@ nodes do nothing but call them. In the order the pipeline runs them::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,9 +32,18 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kedro_torch.pytorch import cache, data, engine, loaders, metrics, models, optimizers, plots
+from kedro_torch.pytorch import (
+    cache,
+    data,
+    engine,
+    loaders,
+    metrics,
+    models,
+    optimizers,
+    plots,
+)
 from kedro_torch.pytorch.cache import ImageStore
-from kedro_torch.pytorch.checkpoints import CheckpointStore
+from kedro_torch.pytorch.checkpoints import CheckpointStore, differences
 from kedro_torch.pytorch.config import (
     DataConfig,
     EvaluationConfig,
@@ -162,6 +173,69 @@ def build_model(
     return model
 
 
+# Keys a resume may change: the length of the run, how it is watched, where it runs
+# and how its images are fed, none of which changes what a step computes.
+RESUMABLE_KEYS = frozenset({
+    "training.epochs", "training.resume", "training.keep_checkpoints",
+    "training.progress_bar", "training.device", "data.num_workers",
+    "data.persistent_workers", "data.prefetch_factor", "data.cache",
+})
+
+
+def training_identity(data_config: DataConfig, model_config: ModelConfig,
+                      training: TrainingConfig, model_input: pd.DataFrame) -> dict[str, Any]:
+    """What determines training, as flat ``section.key`` values, and a digest of the
+    data (``model_input``: the images' contents, targets and splits, not their paths).
+
+    A checkpoint records it; a resume continues only a checkpoint with the same one.
+    """
+    values = _flatten({"data": asdict(data_config), "model": asdict(model_config),
+                       "training": asdict(training)})
+    identity = {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
+    content = model_input[["content_hash", "target", "split"]].sort_values(
+        ["content_hash", "split", "target"], ignore_index=True)
+    identity["model_input"] = hashlib.sha256(
+        pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()
+    ).hexdigest()[:16]
+    return identity
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def checkpoints_for(root: CheckpointStore, identity: Mapping[str, Any],
+                    training: TrainingConfig) -> CheckpointStore:
+    """The checkpoint folder of this configuration, below ``root``.
+
+    With ``training.resume``, a checkpoint of other parameters is never continued:
+    ``auto`` starts afresh and says why; ``true`` stops, naming each key that differs.
+    """
+    store = root.for_identity(identity, training.keep_checkpoints)
+    if not training.resume or store.steps():
+        return store
+    others = root.identities()
+    if not others:
+        return store  # nothing at all: the engine says so for resume: true
+    folder, made_with = next(iter(others.items()))
+    changed = "; ".join(differences(made_with, identity))
+    if training.resume is True:
+        raise ValueError(
+            f"training.resume: the latest checkpoint ({folder}) was made with other "
+            f"parameters, so continuing it would not be this run: {changed}. Resume with "
+            "those values, or start afresh with training.resume: auto or false"
+        )
+    logger.warning("training.resume: auto, but the latest checkpoint (%s) was made with other "
+                   "parameters (%s): starting afresh", folder, changed)
+    return store
+
+
 @dataclass(frozen=True)
 class FitResult:
     """The weights to keep (the EMA's with EMA on, the best epoch's with early stopping
@@ -185,7 +259,9 @@ def fit(
     """Train on ``dataloaders["train"]``, validating on ``"val"`` if there is one.
 
     ``model_config`` says whether the backbone starts frozen; ``checkpoints`` is where
-    every epoch's checkpoint goes and ``training.resume`` reads from.
+    every epoch's checkpoint goes and ``training.resume`` reads from (see
+    :func:`checkpoints_for`). SIGTERM or SIGINT stop it at the next step boundary
+    with a checkpoint, raising :class:`~kedro_torch.pytorch.interrupts.TrainingInterrupted`.
     """
     engine.seed_everything(config.seed)
     device = engine.resolve_device(config.device)

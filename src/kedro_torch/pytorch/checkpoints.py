@@ -8,8 +8,11 @@ leaves a half-written file where a good one was.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
+import posixpath
 import random
 from collections.abc import Mapping
 from typing import IO, Any
@@ -68,33 +71,99 @@ def save_atomically(obj: Any, path: str, fs: fsspec.AbstractFileSystem | None = 
 
 
 class CheckpointStore:
-    """A folder of training checkpoints (``last.pt``, ``best.pt``), on any fsspec filesystem.
+    """A folder of training checkpoints, on any fsspec filesystem.
 
-    Written only by the main process; read with ``weights_only=True``. Everything
-    stored is tensors and plain containers, so nothing is ever unpickled.
+    Each save writes ``step-<epochs done>-<batches done>.pt`` and keeps the newest
+    ``keep`` of them, so a crash during a save still leaves the one before; ``best.pt``
+    holds the best epoch's weights. Written only by the main process; read with
+    ``weights_only=True``: everything stored is tensors and plain containers.
+
+    :meth:`for_identity` gives each training configuration a folder of its own, named
+    by a digest of what determines training, so that runs of different configurations,
+    one after the other or at once, never read or overwrite each other's checkpoints.
     """
 
-    def __init__(self, directory: str, fs: fsspec.AbstractFileSystem | None = None):
+    def __init__(self, directory: str, fs: fsspec.AbstractFileSystem | None = None,
+                 keep: int = 1, identity: Mapping[str, Any] | None = None):
         self.fs = fs or fsspec.filesystem("file", auto_mkdir=True)
         self.directory = directory.rstrip("/")
+        self.keep = keep
+        self.identity = dict(identity) if identity is not None else None
 
     def path(self, name: str) -> str:
         return f"{self.directory}/{name}"
 
-    def save(self, state: dict[str, Any], name: str = "last.pt") -> None:
+    def save(self, state: dict[str, Any], name: str | None = None) -> str:
+        """Write ``state`` (as the newest step checkpoint unless ``name`` says otherwise);
+        return its path."""
+        if name is None:
+            progress = state.get("epoch_progress") or {}
+            name = f"step-{state['epoch']:05d}-{progress.get('batches', 0):07d}.pt"
+        path = self.path(name)
         if is_main_process():
             self.fs.makedirs(self.directory, exist_ok=True)
-            save_atomically(state, self.path(name), self.fs)
+            if self.identity is not None and not self.fs.exists(self.path(IDENTITY_FILE)):
+                self.fs.pipe(self.path(IDENTITY_FILE), json.dumps(self.identity).encode())
+            save_atomically(state, path, self.fs)
+            for old in self.steps()[:-self.keep]:
+                self.fs.rm(self.path(old))
+        return path
 
-    def load(self, name: str = "last.pt") -> dict[str, Any] | None:
+    def steps(self) -> list[str]:
+        """The step checkpoints' file names, oldest first."""
+        if not self.fs.isdir(self.directory):
+            return []
+        names = (posixpath.basename(p) for p in self.fs.ls(self.directory, detail=False))
+        return sorted(n for n in names if n.startswith("step-") and n.endswith(".pt"))
+
+    def load(self, name: str | None = None) -> dict[str, Any] | None:
+        """The newest step checkpoint (or the file ``name``); None if there is none."""
+        if name is None:
+            steps = self.steps()
+            if not steps:
+                return None
+            name = steps[-1]
         path = self.path(name)
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as file:
             return load_weights(file, path)
 
+    def for_identity(self, identity: Mapping[str, Any], keep: int = 1) -> CheckpointStore:
+        """The folder of the training configuration ``identity`` describes."""
+        return CheckpointStore(self.path(fingerprint(identity)), self.fs, keep, identity)
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        """Every configuration folder below this one that holds a checkpoint, newest
+        first, with the identity it was made with."""
+        if not self.fs.isdir(self.directory):
+            return {}
+        found = {}
+        for folder in self.fs.ls(self.directory, detail=False):
+            store = CheckpointStore(folder, self.fs)
+            if store.steps() and self.fs.exists(store.path(IDENTITY_FILE)):
+                newest = self.fs.modified(store.path(store.steps()[-1])).timestamp()
+                found[folder] = (newest, json.loads(self.fs.cat(store.path(IDENTITY_FILE))))
+        return {folder: identity for folder, (_, identity) in
+                sorted(found.items(), key=lambda item: item[1][0], reverse=True)}
+
     def __repr__(self) -> str:
         return f"CheckpointStore({self.directory!r})"
+
+
+IDENTITY_FILE = "identity.json"
+
+
+def fingerprint(identity: Mapping[str, Any]) -> str:
+    """A short digest of ``identity``, the same for equal values in any key order."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``key: before -> now`` for every key whose value differs."""
+    return [f"{key}: {before.get(key)!r} in the checkpoint, {now.get(key)!r} now"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
 
 
 def capture_rng_state(generators: list[torch.Generator]) -> dict[str, Any]:

@@ -233,11 +233,13 @@ class TrainingConfig:
     nan_guard: bool = True
     max_batches_per_epoch: int | None = None
     resume: bool | Literal["auto"] = False
+    keep_checkpoints: int = 1
     progress_bar: bool = True
 
     def validate(self, key: str) -> None:
         _positive(self.epochs, f"{key}.epochs")
         _positive(self.accumulate_grad_batches, f"{key}.accumulate_grad_batches")
+        _positive(self.keep_checkpoints, f"{key}.keep_checkpoints")
         for spec in ("optimizer", "loss"):
             if not getattr(self, spec).name:
                 raise ParameterError(f"{key}.{spec}.name is required")

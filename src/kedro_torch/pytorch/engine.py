@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
 from kedro_torch.pytorch.config import TrainingConfig
+from kedro_torch.pytorch.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
 from kedro_torch.pytorch.optimizers import ScheduledLR
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,19 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int | None = None
     stale_epochs: int = 0
+
+
+@dataclass
+class EpochProgress:
+    """How far the current epoch has got. An interrupted epoch's checkpoint keeps it,
+    so that a resume replays the epoch's order and continues after the last step."""
+
+    lr: float  # at the epoch's start, as the history records it
+    rng: dict[str, Any]  # random states at the epoch's start, which fix its order
+    batches: int = 0
+    loss_sum: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    seen: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -207,6 +221,8 @@ class Trainer:
         self.train_model = torch.compile(self.model) if settings.compile else self.model
         self.state = TrainState()
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self._stop = StopRequest()
+        self._resumed_rng: dict[str, Any] | None = None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -227,24 +243,25 @@ class Trainer:
         """
         self._check_monitor(val_loader)
         generators = _sampler_generators(train_loader)
-        if resume:
-            self._resume(resume, generators)
+        progress = self._resume(resume, generators) if resume else None
         for callback in self.callbacks:
             callback.on_fit_start(self.settings.epochs, self._batches(train_loader),
                                   self.state.epoch + 1)
-        with self._global_modes():
+        with self._global_modes(), stop_on_signals() as self._stop:
             while self.state.epoch < self.settings.epochs and not self._should_stop():
                 epoch = self.state.epoch + 1
                 for callback in self.callbacks:
                     callback.on_epoch_start(epoch)
-                row = self._run_epoch(epoch, train_loader, val_loader)
+                row = self._run_epoch(epoch, train_loader, val_loader, generators, progress)
+                progress = None
                 self.state.epoch = epoch
                 self.state.history.append(row)
                 self._track_best(row)
-                if self.checkpoints is not None:
-                    self.checkpoints.save(self.checkpoint(generators))
+                saved = self._save(self.checkpoint(generators))
                 for callback in self.callbacks:
                     callback.on_epoch_end(epoch, row)
+                if self._stop.signum is not None:  # it came after the epoch's last step
+                    self._interrupt(epoch, self._batches(train_loader), saved)
         for callback in self.callbacks:
             callback.on_fit_end()
         if self.settings.restores_best and self.best_weights is not None:
@@ -254,10 +271,14 @@ class Trainer:
         return self.state.history
 
     def _run_epoch(
-        self, epoch: int, train_loader: DataLoader, val_loader: DataLoader | None
+        self, epoch: int, train_loader: DataLoader, val_loader: DataLoader | None,
+        generators: list[torch.Generator], progress: EpochProgress | None,
     ) -> dict[str, float]:
-        lr = self.optimizers[0].param_groups[0]["lr"]
-        train = self.train_one_epoch(train_loader, epoch)
+        if progress is None:
+            progress = EpochProgress(self.optimizers[0].param_groups[0]["lr"],
+                                     capture_rng_state(generators))
+        lr = progress.lr
+        train = self.train_one_epoch(train_loader, epoch, progress, generators)
         row: dict[str, float] = {
             "epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy
         }
@@ -273,8 +294,17 @@ class Trainer:
                 scheduled.scheduler.step()
         return row
 
-    def train_one_epoch(self, loader: DataLoader, epoch: int) -> EpochResult:
+    def train_one_epoch(
+        self, loader: DataLoader, epoch: int, progress: EpochProgress | None = None,
+        generators: Sequence[torch.Generator] = (),
+    ) -> EpochResult:
+        """One pass over ``loader``; from ``progress.batches`` on when resuming an
+        interrupted epoch, whose order the generators' saved states replay."""
         self.train_model.train()
+        resumed = progress is not None and progress.batches > 0
+        if resumed:
+            for generator, state in zip(generators, progress.rng["generators"], strict=True):
+                generator.set_state(state)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen = 0
@@ -283,6 +313,13 @@ class Trainer:
         for index, (images, targets) in enumerate(loader):
             if index >= batches:
                 break
+            if resumed and index < progress.batches:
+                if index + 1 == progress.batches:  # replayed up to the interruption
+                    restore_rng_state(self._resumed_rng, list(generators))
+                    total_loss += progress.loss_sum.to(self.device)
+                    correct += progress.correct.to(self.device)
+                    seen = progress.seen
+                continue
             images = images.to(self.device, non_blocking=True)
             if self.settings.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -300,7 +337,22 @@ class Trainer:
             seen += len(targets)
             for callback in self.callbacks:
                 callback.on_batch_end()
+            if step_now and self._stop.signum is not None and index + 1 < batches:
+                reached = EpochProgress(progress.lr, progress.rng, index + 1, total_loss.cpu(),
+                                        correct.cpu(), seen)
+                saved = self._save(self.checkpoint(list(generators))
+                                   | {"epoch_progress": vars(reached)})
+                self._interrupt(epoch, index + 1, saved)
         return EpochResult(total_loss.item() / seen, correct.item() / seen)
+
+    def _save(self, state: dict[str, Any]) -> str | None:
+        return self.checkpoints.save(state) if self.checkpoints is not None else None
+
+    def _interrupt(self, epoch: int, batch: int, checkpoint: str | None) -> None:
+        """Stop, as the signal asked, once the place to resume from is saved."""
+        for callback in self.callbacks:
+            callback.on_fit_end()
+        raise TrainingInterrupted(self._stop.signum, epoch, batch, checkpoint)
 
     def _train_step(
         self, images: torch.Tensor, targets: torch.Tensor, step_now: bool, accumulate: int
@@ -454,7 +506,10 @@ class Trainer:
             "rng": capture_rng_state(generators),
         }
 
-    def _resume(self, resume: bool | Literal["auto"], generators: list[torch.Generator]) -> None:
+    def _resume(
+        self, resume: bool | Literal["auto"], generators: list[torch.Generator]
+    ) -> EpochProgress | None:
+        """Restore the last checkpoint; return the progress of the epoch it interrupted."""
         state = self.checkpoints.load() if self.checkpoints is not None else None
         if state is None:
             where = self.checkpoints or "(no checkpoint folder)"
@@ -464,7 +519,7 @@ class Trainer:
                     "training.resume: auto to start afresh when there is none."
                 )
             logger.info("training.resume: auto, and no checkpoint in %s: starting afresh", where)
-            return
+            return None
         self._check_schedule_length(state["planned_epochs"])
         self.model.load_state_dict(state["model"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
@@ -477,10 +532,16 @@ class Trainer:
         if self.settings.restores_best:
             self.best_weights = self.checkpoints.load("best.pt")
         restore_rng_state(state["rng"], generators)
+        self._resumed_rng = state["rng"]
         self.state = TrainState(state["epoch"], list(state["history"]), state["best_metric"],
                                 state["best_epoch"], state["stale_epochs"])
-        logger.info("Resumed from %s after epoch %d", self.checkpoints, self.state.epoch)
-
+        progress = state.get("epoch_progress")
+        if progress is None:
+            logger.info("Resumed from %s after epoch %d", self.checkpoints, self.state.epoch)
+            return None
+        logger.info("Resumed from %s in epoch %d after batch %d", self.checkpoints,
+                    self.state.epoch + 1, progress["batches"])
+        return EpochProgress(**progress)
 
     def _check_schedule_length(self, planned_epochs: int) -> None:
         """A resumed scheduler keeps the length it was built with; say so when it matters."""

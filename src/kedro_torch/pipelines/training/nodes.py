@@ -99,6 +99,7 @@ def train_model(
     model: nn.Module,
     dataloaders: dict[str, DataLoader],
     checkpoints: CheckpointStore,
+    model_input: pd.DataFrame,
     label_map: dict[str, int],
     normalization: dict,
     data_params: dict[str, Any],
@@ -107,12 +108,14 @@ def train_model(
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame, dict]:
     """Fit the model; return the weights to keep, the per-epoch history, and the spec
     that rebuilds the model and its eval preprocessing, saved beside the weights."""
+    data_config = parse(DataConfig, data_params, "data")
     model_config = parse(ModelConfig, model_params, "model")
-    result = api.fit(model, dataloaders, parse(TrainingConfig, training_params, "training"),
-                     num_classes=len(label_map), model_config=model_config,
-                     checkpoints=checkpoints, callbacks=[MlflowEpochLogger()])
-    spec = ModelSpec.from_configs(model_config, parse(DataConfig, data_params, "data"),
-                                  normalization)
+    training = parse(TrainingConfig, training_params, "training")
+    identity = api.training_identity(data_config, model_config, training, model_input)
+    result = api.fit(model, dataloaders, training, num_classes=len(label_map),
+                     model_config=model_config, callbacks=[MlflowEpochLogger()],
+                     checkpoints=api.checkpoints_for(checkpoints, identity, training))
+    spec = ModelSpec.from_configs(model_config, data_config, normalization)
     return result.state_dict, pd.DataFrame(result.history), spec.to_dict()
 
 

@@ -35,8 +35,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.train_model,
-                ["model", "dataloaders", "training_checkpoints", "label_map", "normalization",
-                 "params:data", "params:model", "params:training"],
+                ["model", "dataloaders", "training_checkpoints", "model_input", "label_map",
+                 "normalization", "params:data", "params:model", "params:training"],
                 ["trained_state_dict", "training_history", "model_spec"],
                 name="train",
             ),
