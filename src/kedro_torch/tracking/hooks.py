@@ -46,6 +46,14 @@ class MlflowHookForwarder:
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
+        """Checks the tracking server first: kedro-mlflow's set-up here is the run's
+        first request to it, which MLflow would retry for minutes if it did not answer.
+
+        Imported here, not with the module: the check reads mlflow.yml through kedro-mlflow.
+        """
+        from kedro_torch.tracking.store import check_tracking_server  # noqa: PLC0415
+
+        check_tracking_server(context)
         self._hook().after_context_created(context)
 
     @hook_impl
