@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import atexit
 import gc
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kedro.framework.hooks import hook_impl
 
@@ -18,11 +18,21 @@ if TYPE_CHECKING:
 
 
 class ParameterValidationHook:
-    """Validates parameters before the pipeline starts (and before MLflow opens a run).
+    """Validates parameters, and the input paths they name, before the pipeline starts
+    (and before MLflow opens a run).
 
     ``tryfirst`` puts this ahead of kedro-mlflow's own ``before_pipeline_run``, so
-    a typo never leaves an empty MLflow run behind.
+    a typo or a missing folder never leaves an empty or failed MLflow run behind.
     """
+
+    # Catalog entries read from a path given per run: the runtime parameter that sets
+    # it, and what should be there.
+    INPUT_PATHS: ClassVar[dict[str, tuple[str, str]]] = {
+        "raw_images": ("raw_images_path", "image folder"),
+        "raw_manifest": ("raw_manifest_path", "image table"),
+        "pretrained_state_dict": ("model.pretrained_path", "state_dict file"),
+        "inference_images": ("inference_images_path", "image folder"),
+    }
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(
@@ -31,10 +41,37 @@ class ParameterValidationHook:
         """Imported here, not with the module: the checks import torch."""
         from kedro_torch.pytorch import checks  # noqa: PLC0415
 
-        used = {name.removeprefix("params:") for name in pipeline.inputs()}
-        sections = used & set(checks.SECTIONS)
-        if sections:
-            checks.validate_parameters(catalog.load("parameters"), sections)
+        inputs = pipeline.inputs()
+        sections = {name.removeprefix("params:") for name in inputs} & set(checks.SECTIONS)
+        configs = (checks.validate_parameters(catalog.load("parameters"), sections)
+                   if sections else {})
+        for entry in sorted(inputs & self._read(configs)):
+            if not catalog.exists(entry):
+                raise self._missing(entry, catalog)
+
+    @staticmethod
+    def _read(configs: dict[str, Any]) -> set[str]:
+        """The entries of INPUT_PATHS that this run's parameters have it read: the
+        image table or the image folder, as ``data.source`` says, and the pretrained
+        file if one is named."""
+        data, model = configs.get("data"), configs.get("model")
+        table = data is not None and data.source == "manifest"
+        read = {"inference_images", "raw_manifest" if table else "raw_images"}
+        if model is not None and model.pretrained_path:
+            read.add("pretrained_state_dict")
+        return read
+
+    def _missing(self, entry: str, catalog: DataCatalog) -> Exception:
+        """The path as the dataset resolved it, wherever it was set (``--params``, the
+        catalog's default or conf/local), so the message shows what was looked for."""
+        from kedro_torch.pytorch.config import ParameterError  # noqa: PLC0415
+
+        key, what = self.INPUT_PATHS[entry]
+        described = catalog[entry]._describe()
+        path = described.get("path") or described.get("filepath")
+        if not path:
+            return ParameterError(f"{key}: no {what} given; pass one with --params {key}=...")
+        return ParameterError(f"{key}: {what} {str(path)!r} does not exist")
 
 
 START_UP_THRESHOLDS = (100_000, 20, 100)

@@ -1,13 +1,25 @@
-"""Optimizers, schedulers and losses resolved by name from torch itself."""
+"""Optimizers, schedulers and losses resolved by name from torch itself, with the
+kwargs a user gives (those set to null left out)."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.optim import lr_scheduler
 
-from kedro_torch.pytorch.config import LossConfig, OptimizerConfig, SchedulerConfig
+from kedro_torch.pytorch.config import (
+    LossConfig,
+    NamedSpec,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainingConfig,
+    parse,
+)
+from kedro_torch.pytorch.engine import seed_everything
 from kedro_torch.pytorch.optimizers import (
     build_loss,
     build_optimizers,
@@ -17,6 +29,10 @@ from kedro_torch.pytorch.optimizers import (
     resolve,
     scheduler_classes,
 )
+from tests.conftest import PROJECT_ROOT
+from tests.pytorch.test_optimizers_and_schedulers import MLP, images_and_targets, model_for
+
+PARAMETERS = PROJECT_ROOT / "conf" / "base" / "parameters_training.yml"
 
 
 def build_optimizer(model: nn.Module, name: str, kwargs: dict) -> torch.optim.Optimizer:
@@ -165,3 +181,75 @@ def test_build_loss_passes_kwargs():
     assert loss.label_smoothing == 0.1
     with pytest.raises(ValueError, match=r"^training\.loss\.name: unknown name 'Linear'"):
         build_loss(LossConfig("Linear", {}))
+
+
+# --- arguments set to null ------------------------------------------------------------
+
+
+def test_null_kwargs_are_not_passed_to_an_optimizer_or_its_fallback():
+    """Kedro merges ``--params ...kwargs.weight_decay=null`` into the YAML's kwargs: the
+    key stays, as None, and Rprop would refuse it."""
+    (rprop,) = build_optimizers(parameters(), OptimizerConfig("Rprop", {"lr": 0.01,
+                                                                        "weight_decay": None}))
+    assert rprop.param_groups[0]["lr"] == 0.01
+    config = OptimizerConfig("Muon", {"lr": 0.02},
+                             fallback=NamedSpec("Rprop", {"weight_decay": None}))
+    _, fallback = build_optimizers(MLP(), config)
+    assert isinstance(fallback, torch.optim.Rprop)
+
+
+def test_null_kwargs_are_not_passed_to_a_scheduler_nested_or_not():
+    optimizer = build_optimizer(parameters(), "SGD", {"lr": 1.0})
+    cosine = build_scheduler(optimizer, "CosineAnnealingLR", {"T_max": None}, epochs=7)
+    assert cosine.T_max == 7  # the run's length, as if it were not given
+    sequential = build_scheduler(optimizer, "SequentialLR", {
+        "schedulers": [{"name": "ConstantLR", "kwargs": {"factor": None}},
+                       {"name": "ExponentialLR", "kwargs": {"gamma": 0.5, "last_epoch": None}}],
+        "milestones": [1],
+    }, epochs=3)
+    assert sequential._schedulers[0].factor == 1 / 3  # ConstantLR's default
+    plateau = build_schedulers([optimizer], SchedulerConfig("ReduceLROnPlateau", {"mode": None}),
+                               3, steps_per_epoch=1, monitor_mode="max")[0].scheduler
+    assert plateau.mode == "max"  # from the monitor, as if not given
+
+
+def test_null_kwargs_are_not_passed_to_a_loss():
+    loss = build_loss(LossConfig("CrossEntropyLoss", {"label_smoothing": None}))
+    assert loss.label_smoothing == 0.0
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", sorted(optimizer_classes()))
+def test_every_optimizer_trains_from_the_yaml_defaults_with_null_for_what_it_refuses(name):
+    """The parameters a user gives to switch optimizers: the name, over the YAML's
+    kwargs, with ``weight_decay: null`` where the class takes none."""
+    training = yaml.safe_load(PARAMETERS.read_text())["training"]
+    cls = optimizer_classes()[name]
+    training["optimizer"]["name"] = name
+    if "weight_decay" not in inspect.signature(cls).parameters:
+        training["optimizer"]["kwargs"]["weight_decay"] = None
+    config = parse(TrainingConfig, training, "training")
+    seed_everything(0)
+    model = model_for(name)
+    optimizers = build_optimizers(model, config.optimizer)
+    assert isinstance(optimizers[0], cls)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    images, targets = images_and_targets().tensors
+
+    def closure() -> torch.Tensor:
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(images), targets)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        for optimizer in optimizers:
+            assert torch.isfinite(optimizer.step(closure))
+    assert not [n for n, p in model.named_parameters() if torch.equal(before[n], p)]
+
+
+def test_the_classes_without_weight_decay_are_among_them():
+    refusing = {name for name, cls in optimizer_classes().items()
+                if "weight_decay" not in inspect.signature(cls).parameters}
+    assert {"LBFGS", "Rprop", "SparseAdam"} <= refusing

@@ -1,12 +1,20 @@
 """Parameters checked as a whole before any work starts: the sections' keys and types,
-and every name that a registry resolves (transforms, models, optimizers, schedulers,
-losses), so a typo fails in a second rather than after the data is read."""
+every name that a registry resolves (transforms, models, optimizers, schedulers,
+losses), and the arguments of the optimizer, scheduler and loss, tried for a step on
+a probe model with the builders training uses. A typo fails in a second, before the
+data is read and before an MLflow run is opened, rather than mid-training."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from kedro_torch.pytorch import loaders, models
+import torch
+from torch import nn
+
+from kedro_torch.pytorch import engine, loaders, models
 from kedro_torch.pytorch import optimizers as optimization
 from kedro_torch.pytorch.config import (
     DataConfig,
@@ -15,6 +23,7 @@ from kedro_torch.pytorch.config import (
     InferenceConfig,
     MlflowConfig,
     ModelConfig,
+    ParameterError,
     TrainingConfig,
     parse,
 )
@@ -23,9 +32,16 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig
 SECTIONS |= {"evaluation": EvaluationConfig, "mlflow": MlflowConfig,
              "inference": InferenceConfig, "export": ExportConfig}
 
+# The metrics of every epoch's row that training.monitor may name.
+MONITORS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
-def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> None:
-    """Check the named sections' keys, types and registry names; raise on the first error."""
+
+def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[str, Any]:
+    """Check the named sections as the run will use them; raise on the first error.
+
+    Returns the parsed sections, so that a caller reads the defaults the run will
+    use rather than the raw mapping.
+    """
     configs = {
         name: parse(SECTIONS[name], parameters.get(name), name) for name in sorted(sections)
     }
@@ -37,14 +53,118 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> None:
     if "model" in configs:
         models.check_model_name(configs["model"].name)
     if "training" in configs:
-        training = configs["training"]
-        names = [
-            (training.optimizer.name, optimization.optimizer_classes(), "optimizer.name"),
-            (training.optimizer.fallback.name, optimization.optimizer_classes(),
-             "optimizer.fallback.name"),
-            (training.scheduler.name, optimization.scheduler_classes(), "scheduler.name"),
-            (training.loss.name, optimization.loss_classes(), "loss.name"),
-        ]
-        for name, registry, key in names:
-            if name is not None:
-                optimization.resolve(name, registry, f"training.{key}")
+        _check_training(configs["training"], configs.get("data"))
+    return configs
+
+
+def _check_training(training: TrainingConfig, data: DataConfig | None) -> None:
+    if training.monitor not in MONITORS:
+        raise ParameterError(f"training.monitor must be one of {', '.join(MONITORS)}, "
+                             f"got {training.monitor!r}")
+    engine.resolve_device(training.device)
+    fallback = training.optimizer.fallback.name
+    if fallback is not None:  # built only for Muon and SparseAdam, so resolved here
+        optimization.resolve(fallback, optimization.optimizer_classes(),
+                             "training.optimizer.fallback.name")
+    schedulers = _step_a_probe(training, data)
+    users = sorted({type(s.scheduler).__name__ for s in schedulers if s.on_metric})
+    users += ["early stopping / keep_best"] if training.restores_best else []
+    if users and training.monitor.startswith("val_") and data is not None and not data.split.val:
+        raise ParameterError(
+            f"training.monitor: {', '.join(users)} needs {training.monitor}, but data.split.val "
+            "is 0: there is no validation split. Add one or monitor a train_ metric."
+        )
+
+
+# The probe's batch: 3 samples, so that (samples,) targets never broadcast against
+# (samples, classes) logits as they would if the two sizes were equal.
+PROBE_CLASSES = 2
+PROBE_LABELS = (0, 1, 0)
+
+
+class _Probe(nn.Module):
+    """A model with a parameter of each kind the optimizer rules sort: an embedding
+    (sparse for SparseAdam, whose gradients must be), a hidden 2-D weight (Muon's),
+    biases and a norm layer (no weight decay on them), and a head named ``fc``
+    (``head_lr``)."""
+
+    def __init__(self, sparse: bool):
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(4, 4, sparse=sparse)
+        self.hidden = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, PROBE_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(torch.tanh(self.hidden(self.embedding(x)))))
+
+
+def _step_a_probe(training: TrainingConfig, data: DataConfig | None) -> list:
+    """Build the optimizers, schedulers and loss as training does, on a probe, and take
+    one step of each.
+
+    Some arguments are only read when a class first uses them (CosineAnnealingLR's
+    ``T_max`` at its first step, CrossEntropyLoss's ``label_smoothing`` at its first
+    call), so building alone would let them through to fail mid-training. The probe is
+    known to train, so whatever a step raises comes from the parameters under the key
+    reported. The loss is called on each kind of target the run gives it: soft ones
+    in training after MixUp or CutMix, class indices otherwise and in validation. The
+    probe's random initialisation leaves the run's random state as it was.
+    """
+    main = optimization.resolve(training.optimizer.name, optimization.optimizer_classes(),
+                                "training.optimizer.name")
+    with torch.random.fork_rng(devices=[]), _quiet(optimization.logger):
+        probe = _Probe(sparse=main is torch.optim.SparseAdam)
+        optimizers = optimization.build_optimizers(probe, training.optimizer)
+        schedulers = optimization.build_schedulers(
+            optimizers, training.scheduler, training.epochs, steps_per_epoch=1,
+            monitor_mode=training.mode,
+        )
+        labels = torch.tensor(PROBE_LABELS)
+        loss_fn = optimization.build_loss(training.loss, labels, PROBE_CLASSES)
+        targets = {"class-index": labels,
+                   "soft (MixUp/CutMix)": nn.functional.one_hot(labels, PROBE_CLASSES).float()}
+        mixed = data is not None and bool(data.transforms.train_batch)
+        trained_on = "soft (MixUp/CutMix)" if mixed else "class-index"
+        validated = data is None or data.split.val > 0
+        inputs = torch.tensor([[0, 1], [2, 3], [1, 2]])
+
+        def closure(kind: str = trained_on) -> torch.Tensor:
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss = loss_fn(probe(inputs), targets[kind])
+            loss.backward()
+            return loss
+
+        loss_key = "training.loss.kwargs" if training.loss.kwargs else "training.loss.name"
+        for kind in sorted({trained_on, "class-index"} if validated else {trained_on}):
+            _attempt(loss_key, f"{type(loss_fn).__name__} on logits and {kind} targets",
+                     lambda kind=kind: closure(kind))
+        keys = ("training.optimizer.kwargs", "training.optimizer.fallback.kwargs")
+        for optimizer, key in zip(optimizers, keys, strict=False):
+            _attempt(key, f"a step of {type(optimizer).__name__}",
+                     lambda optimizer=optimizer: optimizer.step(closure))
+        for scheduled in schedulers:
+            metric = (1.0,) if scheduled.on_metric else ()
+            _attempt("training.scheduler.kwargs",
+                     f"a step of {type(scheduled.scheduler).__name__}",
+                     lambda step=scheduled.scheduler.step, metric=metric: step(*metric))
+    return schedulers
+
+
+def _attempt(key: str, what: str, action: Callable[[], Any]) -> None:
+    try:
+        action()
+    except Exception as error:
+        raise ParameterError(f"{key}: {what} failed: {error}") from error
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Keep the probe out of the log: its parameter split would read as the model's."""
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

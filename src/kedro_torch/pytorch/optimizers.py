@@ -3,7 +3,10 @@
 The valid names are read from ``torch.optim``, ``torch.optim.lr_scheduler`` and
 ``torch.nn`` themselves, so a class added in a later torch release works without
 a change here. Names match case-insensitively; an unknown one, or arguments the
-class rejects, raise a ``ValueError`` naming the parameter key.
+class rejects, raise a ``ValueError`` naming the parameter key. An argument set to
+``None`` (``null`` in YAML) is left out, so the class's default applies: Kedro merges
+``--params`` into the YAML's kwargs, and ``weight_decay=null`` is the only way to
+take away a default that the chosen class does not accept.
 """
 
 from __future__ import annotations
@@ -72,11 +75,20 @@ def resolve(name: str, registry: dict[str, type], key: str) -> type:
     return by_lower[name.lower()]
 
 
+def _given(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments to pass: those set to ``None`` are left to the class's default."""
+    return {name: value for name, value in kwargs.items() if value is not None}
+
+
 def _construct(cls: type, key: str, *args: Any, **kwargs: Any) -> Any:
-    """``cls(*args, **kwargs)``, with a rejected argument reported against ``key``."""
+    """``cls(*args, **kwargs)``, with a rejected argument reported against ``key``.
+
+    Classes check their arguments with whatever fails first (``betas=[0.9]`` raises
+    an IndexError in Adam), so any error is the arguments'.
+    """
     try:
         return cls(*args, **kwargs)
-    except (TypeError, ValueError) as error:
+    except Exception as error:
         raise ValueError(f"{key}: {cls.__name__}({_show(kwargs)}) failed: {error}") from error
 
 
@@ -136,11 +148,12 @@ def _optimizer(
     reported against ``key``). ``fused: false``, or any other choice of
     implementation in the kwargs, is left alone.
     """
+    kwargs = _given(kwargs)
     has_fused = "fused" in inspect.signature(cls).parameters
     if fusable and has_fused and not IMPLEMENTATION_ARGUMENTS & kwargs.keys():
         try:
             return cls(groups, **kwargs, fused=True)
-        except (RuntimeError, TypeError, ValueError):
+        except Exception:  # no fused kernel here, or bad arguments: the call below says
             pass
     return _construct(cls, key, groups, **kwargs)
 
@@ -256,7 +269,7 @@ def build_schedulers(
     for optimizer in optimizers:
         main = None
         if cls is not None:
-            kwargs = dict(config.kwargs)
+            kwargs = _given(config.kwargs)
             if cls is lr_scheduler.ReduceLROnPlateau:
                 kwargs.setdefault("mode", monitor_mode)
             main = _build_scheduler(optimizer, cls, kwargs, remaining, key)
@@ -298,11 +311,12 @@ def _build_scheduler(
 
 
 def _build_nested(optimizer: torch.optim.Optimizer, spec: Any, length: int, key: str) -> Any:
-    if not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "kwargs"}:
+    if (not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "kwargs"}
+            or not isinstance(spec.get("kwargs") or {}, dict)):
         raise ValueError(f"{key}: expected a mapping with 'name' and optional 'kwargs', "
                          f"got {spec!r}")
     cls = resolve(spec["name"], scheduler_classes(), f"{key}.name")
-    return _build_scheduler(optimizer, cls, dict(spec.get("kwargs") or {}), length, key)
+    return _build_scheduler(optimizer, cls, _given(spec.get("kwargs") or {}), length, key)
 
 
 def _length_defaults(name: str, optimizer: torch.optim.Optimizer, length: int) -> dict:
@@ -340,7 +354,7 @@ def build_loss(
     """The loss named in ``config``; ``class_weights: balanced`` weighs each class by
     the inverse of its share of the training targets."""
     cls = resolve(config.name, loss_classes(), f"{key}.name")
-    kwargs = dict(config.kwargs)
+    kwargs = _given(config.kwargs)
     if config.class_weights == "balanced":
         if "weight" not in inspect.signature(cls).parameters:
             raise ValueError(f"{key}.class_weights: {cls.__name__} takes no class weights")

@@ -1,0 +1,147 @@
+"""Bad parameters, each given to a real `kedro run --pipelines training` as a user
+would give it (``--params``), and refused at the door: with a message that names
+the key, before any node runs and before MLflow opens a run.
+
+Every case but one runs through a KedroSession in this process (about 0.2 s each,
+where a `kedro` process costs seconds); the first goes through the CLI."""
+
+from pathlib import Path
+
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from omegaconf import OmegaConf
+
+from tests.e2e.conftest import kedro
+
+# The end-to-end tests' project copy, under a name of its own: a copy for this module,
+# apart from tests/faults/conftest.py's, which the tests beside it point at MLflow servers.
+from tests.e2e.conftest import project as bad_parameters_project  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+
+# (--params items, the key the refusal must name). The items come after a valid
+# base (the small digits folder, one batch of one epoch), and override it.
+BAD_PARAMETERS = [
+    # The monitored metric, and what needs it.
+    (["training.monitor=val_f1"], "training.monitor"),
+    (["training.keep_best=true", "data.split.train=0.85", "data.split.val=0"],
+     "training.monitor"),
+    # Arguments a class only reads when it first steps or is first called.
+    (["training.scheduler.kwargs.T_max=abc"], "training.scheduler.kwargs"),
+    (["training.scheduler.kwargs.eta_min=abc"], "training.scheduler.kwargs"),
+    (["training.scheduler.name=StepLR", "training.scheduler.kwargs.step_size=0"],
+     "training.scheduler.kwargs"),
+    (["training.scheduler.name=ReduceLROnPlateau", "training.scheduler.kwargs.patience=abc"],
+     "training.scheduler.kwargs"),
+    (["training.loss.kwargs.label_smoothing=abc"], "training.loss.kwargs"),
+    (["training.loss.kwargs.reduction=none"], "training.loss.kwargs"),
+    # Arguments a class refuses as it is built.
+    (["training.scheduler.name=StepLR"], "training.scheduler.kwargs"),
+    (["training.optimizer.kwargs.lr=-1"], "training.optimizer.kwargs"),
+    (["training.optimizer.kwargs.betas=[0.9]"], "training.optimizer.kwargs"),
+    (["training.optimizer.kwargs.momentum=0.9"], "training.optimizer.kwargs"),
+    (["training.optimizer.name=Rprop"], "training.optimizer.kwargs"),  # weight_decay kept
+    (["training.optimizer.name=Muon", "training.optimizer.fallback.kwargs.lr=abc"],
+     "training.optimizer.fallback.kwargs"),
+    (["training.scheduler.name=SequentialLR",
+      "training.scheduler.kwargs.schedulers=[{name: ConstantLR, kwargs: {factor: 2}}]"],
+     "training.scheduler.kwargs.schedulers[0]"),
+    # Unknown names.
+    (["training.optimizer.name=Adamm"], "training.optimizer.name"),
+    (["training.optimizer.name=Muon", "training.optimizer.fallback.name=Adamm"],
+     "training.optimizer.fallback.name"),
+    (["training.scheduler.name=Cosine"], "training.scheduler.name"),
+    (["training.loss.name=CrossEntropy"], "training.loss.name"),
+    (["training.loss.name=BCEWithLogitsLoss"], "training.loss.name"),  # no class targets
+    (["model.name=resnet19"], "model.name"),
+    (["data.transforms.train=[{name: RandomFlip}]"], "data.transforms.train[0].name"),
+    # Unknown keys.
+    (["training.learning_rate=0.1"], "training.learning_rate"),
+    (["data.batchsize=32"], "data.batchsize"),
+    (["model.pretrained=true"], "model.pretrained"),
+    # Wrong types.
+    (["training.epochs=ten"], "training.epochs"),
+    (["data.image_size=big"], "data.image_size"),
+    (["model.pretrained_strict=maybe"], "model.pretrained_strict"),
+    (["training.optimizer.kwargs=0.1"], "training.optimizer.kwargs"),
+    # Out of range, or not one of the choices.
+    (["data.normalize.std=[0]"], "data.normalize.std"),
+    (["training.epochs=0"], "training.epochs"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["data.channels=2"], "data.channels"),
+    (["data.cache=ram"], "data.cache"),
+    (["data.split.train=0.9"], "data.split"),
+    (["training.precision=8"], "training.precision"),
+    (["training.device=tpu"], "training.device"),
+    (["training.ema_decay=1.5"], "training.ema_decay"),
+    (["training.early_stopping.patience=0"], "training.early_stopping.patience"),
+    (["training.scheduler.interval=hourly"], "training.scheduler.interval"),
+    (["training.scheduler.warmup_epochs=-1"], "training.scheduler.warmup_epochs"),
+    (["training.loss.class_weights=inverse"], "training.loss.class_weights"),
+    (["model.unfreeze_at_epoch=2"], "model.unfreeze_at_epoch"),
+    (["evaluation.top_k=0"], "evaluation.top_k"),
+    (["mlflow.system_metrics_interval=-1"], "mlflow.system_metrics_interval"),
+    # Input paths that do not exist, or are not given.
+    (["raw_images_path=/nowhere"], "raw_images_path"),
+    (["model.pretrained_path=/nowhere.pt"], "model.pretrained_path"),
+    (["data.source=manifest"], "raw_manifest_path"),
+    (["data.source=manifest", "raw_manifest_path=/nowhere.csv"], "raw_manifest_path"),
+]
+
+
+@pytest.fixture(scope="module")
+def project(request) -> Path:
+    """This module's project copy, set up for sessions in this process. Requested by
+    name: a parameter named like the imported fixture would shadow it."""
+    copy = request.getfixturevalue("bad_parameters_project")
+    bootstrap_project(copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def base(small_digits) -> list[str]:
+    """Valid --params that would make any run that got through short."""
+    return [f"raw_images_path={small_digits}", "training.epochs=1",
+            "training.max_batches_per_epoch=1", "training.progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def client(project) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def traces(project: Path, client: MlflowClient) -> tuple[int, list[Path]]:
+    """What a run that got past the door leaves: MLflow runs (deleted ones too) and
+    files under data/."""
+    experiments = [e.experiment_id for e in client.search_experiments(ViewType.ALL)]
+    runs = client.search_runs(experiments, run_view_type=ViewType.ALL) if experiments else []
+    return len(runs), sorted((project / "data").rglob("*"))
+
+
+def test_a_bad_parameter_stops_the_kedro_cli_before_mlflow(project, client, base):
+    before = traces(project, client)
+    result = kedro(project, "run", "--pipelines", "training",
+                   "--params", ",".join([*base, "training.monitor=val_f1"]))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "training.monitor must be one of train_loss" in output
+    assert "'val_f1'" in output
+    assert "Running node" not in output
+    assert traces(project, client) == before
+
+
+@pytest.mark.parametrize(("items", "key"), BAD_PARAMETERS,
+                         ids=[",".join(items) for items, _ in BAD_PARAMETERS])
+def test_a_bad_parameter_is_refused_naming_its_key(project, client, base, items, key):
+    before = traces(project, client)
+    # Parsed as `kedro run --params` parses them.
+    params = OmegaConf.to_container(OmegaConf.from_dotlist([*base, *items]))
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(ValueError) as refusal:
+        patch.chdir(project)  # the catalog's relative paths resolve from here
+        with KedroSession.create(project_path=project, runtime_params=params) as session:
+            session.run(pipeline_names=["training"])
+    assert key in str(refusal.value)
+    assert traces(project, client) == before
