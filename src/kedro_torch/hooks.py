@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import atexit
 import gc
+import logging
+import shlex
+import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kedro.framework.hooks import hook_impl
+
+from kedro_torch.pytorch import interrupts
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from kedro.io import DataCatalog
@@ -101,3 +108,60 @@ class GarbageCollectionHook:
         gc.freeze()
         gc.set_threshold(*_THRESHOLDS)
         atexit.register(gc.freeze)
+
+
+class InterruptionHook:
+    """Ends a kedro run that SIGTERM or SIGINT stops the way shells and schedulers
+    expect: the command that resumes it in the log, and the status 128 + signal (143
+    for SIGTERM, 130 for SIGINT) that tells them the job was stopped, not broken.
+
+    While the pipeline runs, both signals raise an ``Interrupted`` exception, which
+    the runner and the hooks see (SIGTERM would otherwise end the process on the
+    spot, and Ctrl-C's KeyboardInterrupt passes by them); training turns them into a
+    checkpoint at its next step. Registered last, so its ``trylast`` error hook runs
+    after the one that records the MLflow run as KILLED.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict = {}
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._handlers = interrupts.raise_on_signals()
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        interrupts.restore_handlers(self._handlers)
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
+        interrupts.restore_handlers(self._handlers)
+        if isinstance(error, interrupts.Interrupted):
+            logger.warning("%s", error)
+            # Printed, not logged: the log wraps long lines, and this one is for copying.
+            print(f"Resume with:\n  {resume_command(run_params)}", file=sys.stderr)
+            raise SystemExit(error.exit_code)
+
+
+def resume_command(run_params: dict[str, Any]) -> str:
+    """The ``kedro run`` that continues an interrupted one: its pipelines, environment
+    and ``--params``, and ``training.resume=auto``."""
+    params = _dotted(run_params.get("runtime_params") or {})
+    params["training.resume"] = "auto"
+    words = ["kedro", "run", "--pipelines", ",".join(run_params.get("pipeline_names") or
+                                                     ["__default__"])]
+    if run_params.get("env"):
+        words += ["--env", run_params["env"]]
+    words += ["--params", ",".join(f"{key}={value}" for key, value in params.items())]
+    return shlex.join(words)
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+

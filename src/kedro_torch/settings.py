@@ -2,10 +2,16 @@
 
 from kedro_torch.hooks import (
     GarbageCollectionHook,
+    InterruptionHook,
     ParameterValidationHook,
     collect_rarely_during_start_up,
 )
-from kedro_torch.tracking.hooks import MlflowArtifactHook, MlflowHookForwarder, MlflowRunHook
+from kedro_torch.tracking.hooks import (
+    InterruptedRunHook,
+    MlflowArtifactHook,
+    MlflowHookForwarder,
+    MlflowRunHook,
+)
 
 collect_rarely_during_start_up()
 
@@ -18,7 +24,11 @@ HOOKS = (
     MlflowArtifactHook(),
     MlflowRunHook(),
     GarbageCollectionHook(),
+    InterruptedRunHook(),
     MlflowHookForwarder(),
+    # Among trylast hooks the ones registered later run later: its error hook, which
+    # ends the process, comes after the one that records the MLflow run as KILLED.
+    InterruptionHook(),
 )
 # The plugin's distribution name, as older and newer packaging spell it.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

@@ -14,7 +14,7 @@ from kedro_torch.pytorch.api import checkpoints_for, training_identity
 from kedro_torch.pytorch.checkpoints import CheckpointStore
 from kedro_torch.pytorch.config import DataConfig, ModelConfig, OptimizerConfig, TrainingConfig
 from kedro_torch.pytorch.engine import Callback, seed_everything
-from kedro_torch.pytorch.interrupts import TrainingInterrupted, stop_on_signals
+from kedro_torch.pytorch.interrupts import Interrupted, TrainingInterrupted, stop_on_signals
 from tests.pytorch.test_resume import assert_identical, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,7 +60,7 @@ def test_a_signal_checkpoints_and_the_resume_is_bit_identical(tmp_path, signum, 
 
 
 def test_a_second_sigint_stops_at_once():
-    with stop_on_signals() as request, pytest.raises(KeyboardInterrupt):
+    with stop_on_signals() as request, pytest.raises(Interrupted, match="second SIGINT"):
         os.kill(os.getpid(), signal.SIGINT)
         assert request.signum == signal.SIGINT
         os.kill(os.getpid(), signal.SIGINT)

@@ -22,9 +22,9 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from kedro_torch import settings
-from kedro_torch.hooks import GarbageCollectionHook, ParameterValidationHook
+from kedro_torch.hooks import GarbageCollectionHook, InterruptionHook, ParameterValidationHook
 from kedro_torch.tracking import mlflow_hook
-from kedro_torch.tracking.hooks import MlflowHookForwarder, MlflowRunHook
+from kedro_torch.tracking.hooks import InterruptedRunHook, MlflowHookForwarder, MlflowRunHook
 from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
 from kedro_torch.tracking.runs import device_tags, git_state, run_name
 
@@ -145,12 +145,19 @@ def called_in_order(hook_manager, hook: str) -> list[type]:
 
 def test_kedro_mlflows_hook_keeps_the_place_of_the_plugins_own(hook_manager):
     """Parameters are checked before kedro-mlflow opens the run, the run's story is
-    told once it is open and finished before kedro-mlflow closes it."""
+    told once it is open and finished before kedro-mlflow closes it; an interrupted
+    run is marked KILLED after kedro-mlflow marked it FAILED, and only then does the
+    process end with the signal's status."""
     assert called_in_order(hook_manager, "before_pipeline_run") == [
-        ParameterValidationHook, MlflowHookForwarder, GarbageCollectionHook, MlflowRunHook,
+        ParameterValidationHook, InterruptionHook, MlflowHookForwarder, GarbageCollectionHook,
+        MlflowRunHook, InterruptedRunHook,
     ]
-    for hook in ("after_pipeline_run", "on_pipeline_error"):
-        assert called_in_order(hook_manager, hook) == [MlflowRunHook, MlflowHookForwarder]
+    assert called_in_order(hook_manager, "after_pipeline_run") == [
+        MlflowRunHook, InterruptionHook, MlflowHookForwarder,
+    ]
+    assert called_in_order(hook_manager, "on_pipeline_error") == [
+        MlflowRunHook, MlflowHookForwarder, InterruptedRunHook, InterruptionHook,
+    ]
 
 
 def hook_implementations(cls: type) -> dict[str, tuple[dict, list[str]]]:

@@ -4,8 +4,8 @@ Kubernetes, SLURM and spot preemption send SIGTERM, a terminal Ctrl-C sends SIGI
 either used to end the process mid-step, losing the epoch and leaving nothing to
 resume. Here the handler only notes the signal (no I/O in a handler); the training
 loop reads the note at its next optimizer-step boundary, writes a checkpoint and
-raises :class:`TrainingInterrupted`. A second SIGINT stops at once, for a user who
-will not wait.
+raises :class:`TrainingInterrupted`. A second SIGINT raises :class:`Interrupted` at
+once, for a user who will not wait.
 """
 
 from __future__ import annotations
@@ -15,25 +15,59 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal, after checkpointing at a step boundary."""
+class Interrupted(Exception):
+    """The process was asked to stop by a signal.
 
-    def __init__(self, signum: int, epoch: int, batch: int, checkpoint: str | None):
-        self.signum, self.epoch, self.batch, self.checkpoint = signum, epoch, batch, checkpoint
-        where = f"; checkpoint {checkpoint}" if checkpoint else "; no checkpoint folder was given"
-        super().__init__(
-            f"training stopped by {signal.Signals(signum).name} in epoch {epoch} after batch "
-            f"{batch}{where}"
-        )
+    An ``Exception``, unlike the ``KeyboardInterrupt`` Python raises for SIGINT: code
+    that reports failures (a Kedro runner and its hooks) catches ``Exception``, so an
+    interrupted run gets recorded as such rather than not at all.
+    """
+
+    def __init__(self, signum: int, message: str | None = None):
+        self.signum = signum
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
 
     @property
     def exit_code(self) -> int:
         """The shell's code for death by this signal: 143 for SIGTERM, 130 for SIGINT."""
         return 128 + self.signum
+
+
+class TrainingInterrupted(Interrupted):
+    """Training stopped on a signal, after checkpointing at a step boundary."""
+
+    def __init__(self, signum: int, epoch: int, batch: int, checkpoint: str | None):
+        self.epoch, self.batch, self.checkpoint = epoch, batch, checkpoint
+        where = f"; checkpoint {checkpoint}" if checkpoint else "; no checkpoint folder was given"
+        super().__init__(signum, f"training stopped by {signal.Signals(signum).name} in epoch "
+                                 f"{epoch} after batch {batch}{where}")
+
+
+def raise_on_signals() -> dict[int, Any]:
+    """Make SIGTERM and SIGINT raise :class:`Interrupted` from here on (in the main
+    thread); return the handlers they had, for :func:`restore_handlers`.
+
+    Without it SIGTERM ends the process on the spot, and SIGINT's KeyboardInterrupt
+    passes by every ``except Exception``. Training installs its own, gentler handlers
+    (:func:`stop_on_signals`) while it runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    return {signum: signal.signal(signum, interrupt) for signum in SIGNALS}
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 @dataclass
@@ -57,12 +91,11 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
     def note(signum: int, frame: object) -> None:
         if request.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise Interrupted(signum, "stopped at once by a second SIGINT")
         request.signum = signum
 
     previous = {signum: signal.signal(signum, note) for signum in SIGNALS}
     try:
         yield request
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore_handlers(previous)

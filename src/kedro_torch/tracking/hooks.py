@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
+from kedro_torch.pytorch.interrupts import Interrupted
+
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
     from kedro.io import DataCatalog
@@ -168,3 +170,31 @@ class MlflowRunHook:
         if self._monitor is not None:
             self._monitor.finish()  # logs what it holds, while the run is still open
             self._monitor = None
+
+
+class InterruptedRunHook:
+    """Records a run that SIGTERM or SIGINT stopped as KILLED, with where it stopped.
+
+    kedro-mlflow marks every run whose pipeline raised FAILED; this runs after it
+    (``trylast``) and puts the status right, so no interrupted run passes for a
+    failed one, or a finished one.
+    """
+
+    def __init__(self) -> None:
+        self._run_id: str | None = None
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self) -> None:
+        """Imported here, not with the module: asking for the run imports MLflow."""
+        import mlflow  # noqa: PLC0415
+
+        run = mlflow.active_run()
+        self._run_id = run.info.run_id if run is not None else None
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self, error: Exception) -> None:
+        if self._run_id is not None and isinstance(error, Interrupted):
+            from kedro_torch.tracking import runs  # noqa: PLC0415
+
+            runs.mark_interrupted(self._run_id, error)
+

@@ -4,6 +4,7 @@ files of catalog entries marked for it and the run's dataset input."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from kedro_torch.pytorch import engine
 from kedro_torch.pytorch.config import MlflowConfig, ModelConfig, TrainingConfig, parse
 from kedro_torch.pytorch.distributed import is_main_process
+from kedro_torch.pytorch.interrupts import Interrupted, TrainingInterrupted
 
 
 def describe_run(
@@ -127,3 +129,16 @@ def device_tags(training_params: dict[str, Any] | None) -> dict[str, str]:
     if device.type == "cuda":
         tags["device_name"] = torch.cuda.get_device_name(device)
     return tags
+
+
+def mark_interrupted(run_id: str, error: Interrupted) -> None:
+    """Record a run stopped by a signal as KILLED, with where it stopped and what
+    resumes it; kedro-mlflow, which sees only an error, has just marked it FAILED."""
+    client = MlflowClient()
+    tags = {"interrupted_by": signal.Signals(error.signum).name}
+    if isinstance(error, TrainingInterrupted):
+        tags |= {"interrupted_epoch": str(error.epoch), "interrupted_batch": str(error.batch),
+                 "resume_checkpoint": str(error.checkpoint)}
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, "KILLED")
