@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from kedro_torch.pytorch.checks import MONITORS, validate_parameters
-from kedro_torch.pytorch.config import ParameterError
+from kedro_torch.pytorch.checks import validate_parameters
+from kedro_torch.pytorch.config import MONITORS, ParameterError
 from kedro_torch.pytorch.optimizers import optimizer_classes
 from tests.conftest import PROJECT_ROOT
 from tests.pytorch.test_optimizers_and_schedulers import OPTIMIZER_KWARGS, SCHEDULERS

@@ -33,7 +33,6 @@ SECTIONS |= {"evaluation": EvaluationConfig, "mlflow": MlflowConfig,
              "inference": InferenceConfig, "export": ExportConfig}
 
 # The metrics of every epoch's row that training.monitor may name.
-MONITORS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
 def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[str, Any]:
@@ -58,9 +57,6 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
 
 
 def _check_training(training: TrainingConfig, data: DataConfig | None) -> None:
-    if training.monitor not in MONITORS:
-        raise ParameterError(f"training.monitor must be one of {', '.join(MONITORS)}, "
-                             f"got {training.monitor!r}")
     engine.resolve_device(training.device)
     fallback = training.optimizer.fallback.name
     if fallback is not None:  # built only for Muon and SparseAdam, so resolved here

@@ -207,6 +207,9 @@ class EarlyStoppingConfig:
 
 
 PRECISIONS = ("32", "bf16", "16")
+# The metrics every epoch's row holds, which early stopping, keep_best and
+# ReduceLROnPlateau can watch.
+MONITORS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,9 @@ class TrainingConfig:
             raise ParameterError(f"{key}.ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.early_stopping.patience is not None:
             _positive(self.early_stopping.patience, f"{key}.early_stopping.patience")
+        if self.monitor not in MONITORS:
+            raise ParameterError(f"{key}.monitor must be one of {', '.join(MONITORS)}, "
+                                 f"got {self.monitor!r}")
 
     @property
     def mode(self) -> Literal["min", "max"]:

@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
-from kedro_torch.pytorch.config import TrainingConfig
+from kedro_torch.pytorch.config import MONITORS, TrainingConfig
 from kedro_torch.pytorch.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
 from kedro_torch.pytorch.optimizers import ScheduledLR
 
@@ -431,10 +431,9 @@ class Trainer:
     def _check_monitor(self, val_loader: DataLoader | None) -> None:
         needs_monitor = self.settings.restores_best or any(s.on_metric for s in self.schedulers)
         monitor = self.settings.monitor
-        known = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
-        if needs_monitor and monitor not in known:
+        if needs_monitor and monitor not in MONITORS:
             raise ValueError(f"training.monitor: unknown metric {monitor!r}. Valid: "
-                             f"{', '.join(sorted(known))}")
+                             f"{', '.join(sorted(MONITORS))}")
         if needs_monitor and monitor.startswith("val_") and val_loader is None:
             users = [s.scheduler.__class__.__name__ for s in self.schedulers if s.on_metric]
             users += ["early stopping / keep_best"] if self.settings.restores_best else []
