@@ -23,7 +23,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from kedro_torch import settings
 from kedro_torch.hooks import GarbageCollectionHook, InterruptionHook, ParameterValidationHook
-from kedro_torch.tracking import mlflow_hook
+from kedro_torch.tracking import mlflow_hook, store
 from kedro_torch.tracking.hooks import InterruptedRunHook, MlflowHookForwarder, MlflowRunHook
 from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
 from kedro_torch.tracking.runs import device_tags, git_state, run_name
@@ -189,6 +189,8 @@ def test_the_forwarder_builds_the_hook_on_the_first_call_and_passes_every_call_o
             return lambda *args: calls.append((name, args))
 
     monkeypatch.setattr(mlflow_hook, "BatchedParamsMlflowHook", Recorder)
+    checked = []  # the server check, tested in tests/tracking/test_store.py
+    monkeypatch.setattr(store, "check_tracking_server", checked.append)
     forwarder = MlflowHookForwarder()
     assert built == []
     expected = []
@@ -198,3 +200,4 @@ def test_the_forwarder_builds_the_hook_on_the_first_call_and_passes_every_call_o
         expected.append((name, arguments))
     assert len(built) == 1
     assert calls == expected
+    assert checked == ["after_context_created:context"]
