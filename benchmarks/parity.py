@@ -67,12 +67,12 @@ def through_engine(epochs: int) -> tuple[list[float], list[float]]:
     model = SmallCNN(1, 10)
     optimizers = build_optimizers(model, OptimizerConfig("AdamW", {"lr": LR}))
     timer = EpochTimer()
-    trainer = engine.Trainer(
-        model, optimizers, nn.CrossEntropyLoss(), torch.device("cpu"),
-        TrainingConfig(epochs=epochs),
-        callbacks=[RichProgressBar(), MlflowEpochLogger(), timer],  # timer last: it counts theirs
-    )
-    with mlflow.start_run():
+    with mlflow.start_run():  # the logger logs to the run active when it is made
+        trainer = engine.Trainer(
+            model, optimizers, nn.CrossEntropyLoss(), torch.device("cpu"),
+            TrainingConfig(epochs=epochs),
+            callbacks=[RichProgressBar(), MlflowEpochLogger(), timer],  # timer last: counts theirs
+        )
         history = trainer.fit(train_loader())
     return [row["train_loss"] for row in history], timer.times
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import pathlib
+import time
 
 import pytest
 import torch
 
 from kedro_torch.pytorch import checkpoints
 from kedro_torch.pytorch.checkpoints import (
+    CheckpointStore,
     UnsafeCheckpointError,
     load_weights,
     save_atomically,
@@ -124,3 +126,14 @@ def test_interrupted_save_leaves_the_previous_file_and_no_temporary(tmp_path, mo
     assert path.read_bytes() == good_bytes
     assert_same_tensors(torch.load(path, weights_only=True), small_state_dict(1.0))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_the_newest_checkpoint_is_the_last_written_not_the_highest_epoch(tmp_path):
+    """A run started afresh beside an earlier run's epoch 9 resumes from its own epoch 1,
+    and keeping one checkpoint drops the earlier run's."""
+    store = CheckpointStore(str(tmp_path), keep=1)
+    store.save({"epoch": 9})
+    time.sleep(0.01)
+    store.save({"epoch": 1})
+    assert store.steps() == ["step-00001-0000000.pt"]
+    assert store.load() == {"epoch": 1}

@@ -169,7 +169,7 @@ def test_a_checkpoint_is_written_every_epoch_and_holds_the_whole_state(tmp_path)
     saved = torch.load(store.path(store.steps()[-1]), weights_only=True)
     assert set(saved) == {"epoch", "planned_epochs", "history", "best_metric", "best_epoch",
                           "stale_epochs",
-                          "model", "optimizers", "schedulers", "scaler", "ema", "rng"}
+                          "model", "optimizers", "schedulers", "scaler", "ema", "rng", "tags"}
     assert saved["epoch"] == 3
     assert saved["history"] == history
     best = min(range(3), key=lambda i: history[i]["val_loss"])

@@ -255,6 +255,7 @@ def fit(
     model_config: ModelConfig | None = None,
     checkpoints: CheckpointStore | None = None,
     callbacks: Sequence[engine.Callback] = (),
+    checkpoint_tags: Mapping[str, str] | None = None,
 ) -> FitResult:
     """Train on ``dataloaders["train"]``, validating on ``"val"`` if there is one.
 
@@ -262,6 +263,7 @@ def fit(
     every epoch's checkpoint goes and ``training.resume`` reads from (see
     :func:`checkpoints_for`). SIGTERM or SIGINT stop it at the next step boundary
     with a checkpoint, raising :class:`~kedro_torch.pytorch.interrupts.TrainingInterrupted`.
+    ``checkpoint_tags`` travel in every checkpoint, back to the callbacks of a resume.
     """
     engine.seed_everything(config.seed)
     device = engine.resolve_device(config.device)
@@ -284,7 +286,7 @@ def fit(
             model, models.head_parameter_names(model), model_config.unfreeze_at_epoch
         ))
     trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,
-                             callbacks, checkpoints)
+                             callbacks, checkpoints, checkpoint_tags)
     logger.info("Training %s on %s for %d epochs", type(model).__name__, device, config.epochs)
     history = trainer.fit(train_loader, val_loader, resume=config.resume)
     trained = trainer.eval_model

@@ -74,7 +74,8 @@ class CheckpointStore:
     """A folder of training checkpoints, on any fsspec filesystem.
 
     Each save writes ``step-<epochs done>-<batches done>.pt`` and keeps the newest
-    ``keep`` of them, so a crash during a save still leaves the one before; ``best.pt``
+    ``keep`` of them (by the time written), so a crash during a save still leaves the
+    one before; ``best.pt``
     holds the best epoch's weights. Written only by the main process; read with
     ``weights_only=True``: everything stored is tensors and plain containers.
 
@@ -110,11 +111,15 @@ class CheckpointStore:
         return path
 
     def steps(self) -> list[str]:
-        """The step checkpoints' file names, oldest first."""
+        """The step checkpoints' file names, in the order they were written: a run
+        started afresh writes epoch 1 after an earlier run's epoch 9, and it is its
+        checkpoints that are newest."""
         if not self.fs.isdir(self.directory):
             return []
-        names = (posixpath.basename(p) for p in self.fs.ls(self.directory, detail=False))
-        return sorted(n for n in names if n.startswith("step-") and n.endswith(".pt"))
+        found = [(self.fs.modified(path).timestamp(), posixpath.basename(path))
+                 for path in self.fs.ls(self.directory, detail=False)]
+        return [name for _, name in sorted(found)
+                if name.startswith("step-") and name.endswith(".pt")]
 
     def load(self, name: str | None = None) -> dict[str, Any] | None:
         """The newest step checkpoint (or the file ``name``); None if there is none."""

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -46,6 +46,10 @@ class Callback:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
 
     def on_fit_end(self) -> None: ...
+
+    def on_resume(self, history: list[dict[str, float]], tags: dict[str, str]) -> None:
+        """Training continues a checkpoint: the epochs it holds and the tags it carries
+        (``Trainer(checkpoint_tags=...)`` of the run that wrote it)."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,7 @@ class Trainer:
         schedulers: Sequence[ScheduledLR] = (),
         callbacks: Sequence[Callback] = (),
         checkpoints: CheckpointStore | None = None,
+        checkpoint_tags: Mapping[str, str] | None = None,
     ):
         precision = str(settings.precision)
         if precision == "16" and device.type != "cuda":
@@ -211,6 +216,7 @@ class Trainer:
         self.schedulers = list(schedulers)
         self.callbacks = list(callbacks)
         self.checkpoints = checkpoints
+        self.checkpoint_tags = dict(checkpoint_tags or {})  # who wrote it, for a resume
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
         self.ema = (
@@ -503,6 +509,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": capture_rng_state(generators),
+            "tags": self.checkpoint_tags,
         }
 
     def _resume(
@@ -534,6 +541,8 @@ class Trainer:
         self._resumed_rng = state["rng"]
         self.state = TrainState(state["epoch"], list(state["history"]), state["best_metric"],
                                 state["best_epoch"], state["stale_epochs"])
+        for callback in self.callbacks:
+            callback.on_resume(self.state.history, dict(state.get("tags") or {}))
         progress = state.get("epoch_progress")
         if progress is None:
             logger.info("Resumed from %s after epoch %d", self.checkpoints, self.state.epoch)

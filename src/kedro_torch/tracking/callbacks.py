@@ -1,10 +1,15 @@
-"""The training loop's link to MLflow: each epoch's metrics, logged as it ends."""
+"""The training loop's link to MLflow: each epoch's metrics, logged as it ends, and
+the history of the run a resume continues."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.engine import Callback
@@ -23,9 +28,39 @@ class MlflowEpochLogger(Callback):
         # and closing the run each lose up to a second. With one, the thread sleeps on
         # an event that stopping sets. A value the user set is kept.
         os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+        run = mlflow.active_run() if is_main_process() else None
+        self.run_id = run.info.run_id if run is not None else None
+
+    @property
+    def checkpoint_tags(self) -> dict[str, str]:
+        """What checkpoints carry for a resume: the run that holds their epochs."""
+        return {"mlflow_run_id": self.run_id} if self.run_id else {}
+
+    def on_resume(self, history: list[dict[str, float]], tags: dict[str, str]) -> None:
+        """Log the checkpoint's epochs here, at their steps, so that this run holds the
+        whole history (1..N, each epoch once), and link it with the run that trained
+        them, which a SIGKILL would otherwise leave RUNNING for ever."""
+        if self.run_id is None:
+            return
+        client, now = MlflowClient(), int(time.time() * 1000)
+        client.log_batch(self.run_id, metrics=[
+            Metric(name, value, now, int(row["epoch"]))
+            for row in history for name, value in row.items() if name != "epoch"
+        ])
+        earlier = tags.get("mlflow_run_id")
+        if earlier is None or earlier == self.run_id:
+            return
+        client.set_tag(self.run_id, "resumed_from_run", earlier)
+        try:
+            status = client.get_run(earlier).info.status
+        except MlflowException:  # deleted, or in another store: the tag above is all
+            return
+        client.set_tag(earlier, "resumed_in_run", self.run_id)
+        if status == "RUNNING":
+            client.set_terminated(earlier, "KILLED")
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        if mlflow.active_run() is not None and is_main_process():
+        if self.run_id is not None:
             mlflow.log_metrics(
                 {name: value for name, value in metrics.items() if name != "epoch"},
                 step=epoch, synchronous=False,

@@ -112,9 +112,11 @@ def train_model(
     model_config = parse(ModelConfig, model_params, "model")
     training = parse(TrainingConfig, training_params, "training")
     identity = api.training_identity(data_config, model_config, training, model_input)
+    tracker = MlflowEpochLogger()
     result = api.fit(model, dataloaders, training, num_classes=len(label_map),
-                     model_config=model_config, callbacks=[MlflowEpochLogger()],
-                     checkpoints=api.checkpoints_for(checkpoints, identity, training))
+                     model_config=model_config, callbacks=[tracker],
+                     checkpoints=api.checkpoints_for(checkpoints, identity, training),
+                     checkpoint_tags=tracker.checkpoint_tags)
     spec = ModelSpec.from_configs(model_config, data_config, normalization)
     return result.state_dict, pd.DataFrame(result.history), spec.to_dict()
 
