@@ -29,6 +29,9 @@ BAD_PARAMETERS = [
     (["training.monitor=val_f1"], "training.monitor"),
     (["training.keep_best=true", "data.split.train=0.85", "data.split.val=0"],
      "training.monitor"),
+    # Settings the loop cannot run together.
+    (["training.optimizer.name=LBFGS", "training.optimizer.kwargs.weight_decay=null",
+      "training.accumulate_grad_batches=2"], "training.optimizer.name"),
     # Arguments a class only reads when it first steps or is first called.
     (["training.scheduler.kwargs.T_max=abc"], "training.scheduler.kwargs"),
     (["training.scheduler.kwargs.eta_min=abc"], "training.scheduler.kwargs"),

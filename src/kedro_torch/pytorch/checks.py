@@ -57,7 +57,10 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
 
 
 def _check_training(training: TrainingConfig, data: DataConfig | None) -> None:
-    engine.resolve_device(training.device)
+    device = engine.resolve_device(training.device)
+    main = optimization.resolve(training.optimizer.name, optimization.optimizer_classes(),
+                                "training.optimizer.name")
+    engine.check_loop(training, device, [main])
     fallback = training.optimizer.fallback.name
     if fallback is not None:  # built only for Muon and SparseAdam, so resolved here
         optimization.resolve(fallback, optimization.optimizer_classes(),

@@ -106,6 +106,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_loop(settings: TrainingConfig, device: torch.device,
+               optimizer_classes: Sequence[type]) -> None:
+    """Refuse settings this loop cannot run together; parameter checks call it too, so
+    that they are refused before any work."""
+    precision = str(settings.precision)
+    if precision == "16" and device.type != "cuda":
+        raise ValueError("training.precision: 16 (float16 with a gradient scaler) needs a "
+                         f"CUDA device, not {device.type}; use bf16 instead")
+    lbfgs = any(issubclass(cls, torch.optim.LBFGS) for cls in optimizer_classes)
+    if lbfgs and (settings.accumulate_grad_batches > 1 or precision == "16"):
+        raise ValueError("training.optimizer.name: LBFGS re-evaluates the loss itself; it "
+                         "cannot accumulate gradients or use float16 scaling")
+
+
 def ema_with_warmup(decay: float):
     """An EMA update whose decay grows as ``(1 + n) / (10 + n)`` up to ``decay``.
 
@@ -198,18 +212,13 @@ class Trainer:
         checkpoints: CheckpointStore | None = None,
         checkpoint_tags: Mapping[str, str] | None = None,
     ):
+        check_loop(settings, device, [type(o) for o in optimizers])
         precision = str(settings.precision)
-        if precision == "16" and device.type != "cuda":
-            raise ValueError("training.precision: 16 (float16 with a gradient scaler) needs a "
-                             f"CUDA device, not {device.type}; use bf16 instead")
         self.model = model.to(device)
         if settings.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizers = list(optimizers)
         self.lbfgs = any(isinstance(o, torch.optim.LBFGS) for o in self.optimizers)
-        if self.lbfgs and (settings.accumulate_grad_batches > 1 or precision == "16"):
-            raise ValueError("training.optimizer.name: LBFGS re-evaluates the loss itself; it "
-                             "cannot accumulate gradients or use float16 scaling")
         self.loss_fn = loss_fn.to(device)
         self.device = device
         self.settings = settings
