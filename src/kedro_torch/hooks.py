@@ -55,6 +55,11 @@ class ParameterValidationHook:
         for entry in sorted(inputs & self._read(configs)):
             if not catalog.exists(entry):
                 raise self._missing(entry, catalog)
+        if "training_checkpoints" in inputs and {"data", "model", "training"} <= configs.keys():
+            from kedro_torch.pytorch import api  # noqa: PLC0415
+
+            api.refuse_unresumable(catalog.load("training_checkpoints"), configs["data"],
+                                   configs["model"], configs["training"])
 
     @staticmethod
     def _read(configs: dict[str, Any]) -> set[str]:

@@ -44,10 +44,15 @@ def test_resume_continues_only_a_checkpoint_of_the_same_parameters(project, smal
     assert alone.returncode == 0, alone.stderr
     pd.testing.assert_frame_equal(history(project), resumed_b)
 
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = len(client.search_runs([client.get_experiment_by_name("kedro_torch").experiment_id]))
     refused = train(project, small_digits,
                     "training.seed=99,training.optimizer.kwargs.lr=0.01,training.resume=true")
     assert refused.returncode != 0
     assert "training.optimizer.kwargs.lr: 0.0001 in the checkpoint, 0.01 now" in said(refused)
+    assert "Running node" not in said(refused)  # refused before any work ...
+    assert len(client.search_runs(  # ... and before any MLflow run
+        [client.get_experiment_by_name("kedro_torch").experiment_id])) == runs
 
 
 def test_two_runs_at_once_are_both_recorded_and_keep_their_checkpoints_apart(

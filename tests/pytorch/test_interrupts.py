@@ -10,7 +10,7 @@ import signal
 import pandas as pd
 import pytest
 
-from kedro_torch.pytorch.api import checkpoints_for, training_identity
+from kedro_torch.pytorch.api import checkpoints_for, refuse_unresumable, training_identity
 from kedro_torch.pytorch.checkpoints import CheckpointStore
 from kedro_torch.pytorch.config import DataConfig, ModelConfig, OptimizerConfig, TrainingConfig
 from kedro_torch.pytorch.engine import Callback, seed_everything
@@ -125,3 +125,17 @@ def test_resume_auto_starts_afresh_beside_a_checkpoint_of_other_parameters(tmp_p
     assert chosen.directory != other.directory and chosen.load() is None
     chosen.save({"epoch": 1})
     assert other.load() == {"epoch": 1} and len(root.identities()) == 2  # both kept
+
+
+def test_resume_true_is_checked_before_any_work_on_the_parameters_alone(tmp_path):
+    root = CheckpointStore(str(tmp_path))
+    parameters = (DataConfig(), ModelConfig(), TrainingConfig(resume=True))
+    with pytest.raises(FileNotFoundError, match="no checkpoint below"):
+        refuse_unresumable(root, *parameters)
+    saved_under(root, identity(MODEL_INPUT.assign(split="train")))  # other data, same rest
+    refuse_unresumable(root, *parameters)  # the data is compared once it is known
+    changed = TrainingConfig(resume=True, optimizer=OptimizerConfig(kwargs={"lr": 0.01}))
+    with pytest.raises(ValueError, match=r"training\.optimizer\.kwargs\.lr: 0\.003 in the "
+                                         r"checkpoint, 0\.01 now"):
+        refuse_unresumable(root, DataConfig(), ModelConfig(), changed)
+

@@ -189,15 +189,18 @@ def training_identity(data_config: DataConfig, model_config: ModelConfig,
 
     A checkpoint records it; a resume continues only a checkpoint with the same one.
     """
-    values = _flatten({"data": asdict(data_config), "model": asdict(model_config),
-                       "training": asdict(training)})
-    identity = {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
     content = model_input[["content_hash", "target", "split"]].sort_values(
         ["content_hash", "split", "target"], ignore_index=True)
-    identity["model_input"] = hashlib.sha256(
-        pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes()
-    ).hexdigest()[:16]
-    return identity
+    digest = hashlib.sha256(pd.util.hash_pandas_object(content, index=False).to_numpy()
+                            .tobytes()).hexdigest()[:16]
+    return _parameters(data_config, model_config, training) | {"model_input": digest}
+
+
+def _parameters(data_config: DataConfig, model_config: ModelConfig,
+                training: TrainingConfig) -> dict[str, Any]:
+    values = _flatten({"data": asdict(data_config), "model": asdict(model_config),
+                       "training": asdict(training)})
+    return {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -224,16 +227,41 @@ def checkpoints_for(root: CheckpointStore, identity: Mapping[str, Any],
     if not others:
         return store  # nothing at all: the engine says so for resume: true
     folder, made_with = next(iter(others.items()))
-    changed = "; ".join(differences(made_with, identity))
     if training.resume is True:
-        raise ValueError(
-            f"training.resume: the latest checkpoint ({folder}) was made with other "
-            f"parameters, so continuing it would not be this run: {changed}. Resume with "
-            "those values, or start afresh with training.resume: auto or false"
-        )
+        raise _made_with_others(folder, made_with, identity)
     logger.warning("training.resume: auto, but the latest checkpoint (%s) was made with other "
-                   "parameters (%s): starting afresh", folder, changed)
+                   "parameters (%s): starting afresh", folder,
+                   "; ".join(differences(made_with, identity)))
     return store
+
+
+def refuse_unresumable(root: CheckpointStore, data_config: DataConfig,
+                       model_config: ModelConfig, training: TrainingConfig) -> None:
+    """``training.resume: true``, checked before any work: a checkpoint made with these
+    parameters must exist below ``root``. Whether it was made on the same data is
+    known once the files are checked; :func:`checkpoints_for` tells then."""
+    if training.resume is not True:
+        return
+    made = root.identities()
+    if not made:
+        raise FileNotFoundError(
+            f"training.resume is true but there is no checkpoint below {root.directory}. "
+            "Set training.resume: auto to start afresh when there is none."
+        )
+    wanted = _parameters(data_config, model_config, training)
+    without_data = [{k: v for k, v in identity.items() if k != "model_input"}
+                    for identity in made.values()]
+    if wanted not in without_data:
+        raise _made_with_others(next(iter(made)), without_data[0], wanted)
+
+
+def _made_with_others(folder: str, made_with: Mapping[str, Any],
+                      identity: Mapping[str, Any]) -> ValueError:
+    return ValueError(
+        f"training.resume: the latest checkpoint ({folder}) was made with other parameters, "
+        f"so continuing it would not be this run: {'; '.join(differences(made_with, identity))}"
+        ". Resume with those values, or start afresh with training.resume: auto or false"
+    )
 
 
 @dataclass(frozen=True)
