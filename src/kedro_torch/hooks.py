@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from kedro.framework.hooks import hook_impl
 
 from kedro_torch.pytorch import interrupts
+from kedro_torch.pytorch.config import flatten
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class InterruptionHook:
 def resume_command(run_params: dict[str, Any]) -> str:
     """The ``kedro run`` that continues an interrupted one: its pipelines, environment
     and ``--params``, and ``training.resume=auto``."""
-    params = _dotted(run_params.get("runtime_params") or {})
+    params = flatten(run_params.get("runtime_params") or {})
     params["training.resume"] = "auto"
     words = ["kedro", "run", "--pipelines", ",".join(run_params.get("pipeline_names") or
                                                      ["__default__"])]
@@ -159,14 +160,3 @@ def resume_command(run_params: dict[str, Any]) -> str:
         words += ["--env", run_params["env"]]
     words += ["--params", ",".join(f"{key}={value}" for key, value in params.items())]
     return shlex.join(words)
-
-
-def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat |= _dotted(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-

@@ -50,6 +50,7 @@ from kedro_torch.pytorch.config import (
     ModelConfig,
     NamedSpec,
     TrainingConfig,
+    flatten,
 )
 from kedro_torch.pytorch.inference import ModelSpec
 from kedro_torch.pytorch.progress import RichProgressBar
@@ -198,19 +199,9 @@ def training_identity(data_config: DataConfig, model_config: ModelConfig,
 
 def _parameters(data_config: DataConfig, model_config: ModelConfig,
                 training: TrainingConfig) -> dict[str, Any]:
-    values = _flatten({"data": asdict(data_config), "model": asdict(model_config),
-                       "training": asdict(training)})
+    values = flatten({"data": asdict(data_config), "model": asdict(model_config),
+                      "training": asdict(training)})
     return {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping) and value:
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def checkpoints_for(root: CheckpointStore, identity: Mapping[str, Any],

@@ -346,6 +346,18 @@ def _scalar(hint: type, value: Any, key: str) -> Any:
     raise ParameterError(f"{key} must be {hint.__name__}, got {type(value).__name__}: {value!r}")
 
 
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested parameters as ``section.key`` values, the names the YAML and ``--params``
+    give them; an empty mapping stays a value of its own."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _positive(value: int, key: str) -> None:
     if value <= 0:
         raise ParameterError(f"{key} must be greater than 0, got {value}")
