@@ -48,7 +48,6 @@ from kedro_torch.pytorch.config import (
     DataConfig,
     EvaluationConfig,
     ModelConfig,
-    NamedSpec,
     TrainingConfig,
     flatten,
 )
@@ -117,14 +116,14 @@ def build_loaders(
     """One DataLoader per split, reading decoded images from ``images`` where it has them."""
     transforms = {
         stage: loaders.image_transform(
-            loaders.build_transforms(_pairs(getattr(config.transforms, stage)),
+            loaders.build_transforms(config.transforms.steps(stage),
                                      f"data.transforms.{stage}"),
             config.image_size, config.decode_size,
         )
         for stage in ("train", "eval")
     }
     mixing = loaders.batch_transform(loaders.build_transforms(
-        _pairs(config.transforms.train_batch), "data.transforms.train_batch",
+        config.transforms.steps("train_batch"), "data.transforms.train_batch",
         num_classes=int(model_input["target"].max()) + 1,
     ))
     datasets = {
@@ -150,10 +149,6 @@ def _dataset(rows: pd.DataFrame, channels: int, load_size: int,
 
 def _workers(config: DataConfig) -> int:
     return loaders.default_num_workers() if config.num_workers is None else config.num_workers
-
-
-def _pairs(specs: list[NamedSpec]) -> list[tuple[str, dict]]:
-    return [(spec.name, spec.kwargs) for spec in specs]
 
 
 # --- model and training --------------------------------------------------------------

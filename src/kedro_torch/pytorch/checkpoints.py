@@ -75,9 +75,9 @@ class CheckpointStore:
 
     Each save writes ``step-<epochs done>-<batches done>.pt`` and keeps the newest
     ``keep`` of them (by the time written), so a crash during a save still leaves the
-    one before; ``best.pt``
-    holds the best epoch's weights. Written only by the main process; read with
-    ``weights_only=True``: everything stored is tensors and plain containers.
+    one before; ``best.pt`` holds the best epoch's weights. Written only by the main
+    process; read with ``weights_only=True``: everything stored is tensors and plain
+    containers.
 
     :meth:`for_identity` gives each training configuration a folder of its own, named
     by a digest of what determines training, so that runs of different configurations,
@@ -146,8 +146,9 @@ class CheckpointStore:
         found = {}
         for folder in self.fs.ls(self.directory, detail=False):
             store = CheckpointStore(folder, self.fs)
-            if store.steps() and self.fs.exists(store.path(IDENTITY_FILE)):
-                newest = self.fs.modified(store.path(store.steps()[-1])).timestamp()
+            steps = store.steps()
+            if steps and self.fs.exists(store.path(IDENTITY_FILE)):
+                newest = self.fs.modified(store.path(steps[-1])).timestamp()
                 found[folder] = (newest, json.loads(self.fs.cat(store.path(IDENTITY_FILE))))
         return {folder: identity for folder, (_, identity) in
                 sorted(found.items(), key=lambda item: item[1][0], reverse=True)}

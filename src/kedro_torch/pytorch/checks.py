@@ -32,9 +32,6 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig
 SECTIONS |= {"evaluation": EvaluationConfig, "mlflow": MlflowConfig,
              "inference": InferenceConfig, "export": ExportConfig}
 
-# The metrics of every epoch's row that training.monitor may name.
-
-
 def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[str, Any]:
     """Check the named sections as the run will use them; raise on the first error.
 
@@ -45,10 +42,9 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
         name: parse(SECTIONS[name], parameters.get(name), name) for name in sorted(sections)
     }
     if "data" in configs:
-        specs = configs["data"].transforms
         for stage in ("train", "eval", "train_batch"):
-            pairs = [(spec.name, spec.kwargs) for spec in getattr(specs, stage)]
-            loaders.build_transforms(pairs, f"data.transforms.{stage}")
+            loaders.build_transforms(configs["data"].transforms.steps(stage),
+                                     f"data.transforms.{stage}")
     if "model" in configs:
         models.check_model_name(configs["model"].name)
     if "training" in configs:
@@ -65,7 +61,7 @@ def _check_training(training: TrainingConfig, data: DataConfig | None) -> None:
     if fallback is not None:  # built only for Muon and SparseAdam, so resolved here
         optimization.resolve(fallback, optimization.optimizer_classes(),
                              "training.optimizer.fallback.name")
-    schedulers = _step_a_probe(training, data)
+    schedulers = _step_a_probe(training, data, main)
     users = sorted({type(s.scheduler).__name__ for s in schedulers if s.on_metric})
     users += ["early stopping / keep_best"] if training.restores_best else []
     if users and training.monitor.startswith("val_") and data is not None and not data.split.val:
@@ -98,7 +94,7 @@ class _Probe(nn.Module):
         return self.fc(self.norm(torch.tanh(self.hidden(self.embedding(x)))))
 
 
-def _step_a_probe(training: TrainingConfig, data: DataConfig | None) -> list:
+def _step_a_probe(training: TrainingConfig, data: DataConfig | None, main: type) -> list:
     """Build the optimizers, schedulers and loss as training does, on a probe, and take
     one step of each.
 
@@ -110,8 +106,6 @@ def _step_a_probe(training: TrainingConfig, data: DataConfig | None) -> list:
     in training after MixUp or CutMix, class indices otherwise and in validation. The
     probe's random initialisation leaves the run's random state as it was.
     """
-    main = optimization.resolve(training.optimizer.name, optimization.optimizer_classes(),
-                                "training.optimizer.name")
     with torch.random.fork_rng(devices=[]), _quiet(optimization.logger):
         probe = _Probe(sparse=main is torch.optim.SparseAdam)
         optimizers = optimization.build_optimizers(probe, training.optimizer)

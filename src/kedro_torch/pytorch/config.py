@@ -86,6 +86,10 @@ class TransformsConfig:
                 if not spec.name:
                     raise ParameterError(f"{key}.{stage}[{i}].name is required")
 
+    def steps(self, stage: str) -> list[tuple[str, dict[str, Any]]]:
+        """A stage's transforms as ``(name, kwargs)``, as the loaders build them."""
+        return [(spec.name, spec.kwargs) for spec in getattr(self, stage)]
+
 
 @dataclass(frozen=True)
 class DataConfig:
