@@ -55,6 +55,35 @@ def test_resume_continues_only_a_checkpoint_of_the_same_parameters(project, smal
         [client.get_experiment_by_name("kedro_torch").experiment_id])) == runs
 
 
+def test_resuming_a_finished_run_for_more_epochs_opens_a_run_with_the_whole_history(
+    project, small_digits
+):
+    """A FINISHED run is a complete record: a resume that trains on from its last
+    checkpoint goes into a new run, which holds epochs 1..N and names the earlier."""
+    config = "training.seed=21,training.scheduler.name=null"
+    assert train(project, small_digits, config).returncode == 0
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("kedro_torch").experiment_id
+    (first,) = client.search_runs([experiment], max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+
+    more = subprocess.run(
+        [KEDRO, "run", "--pipelines", "training", "--params",
+         f"raw_images_path={small_digits},training.epochs=3,training.progress_bar=false,"
+         f"{config},training.resume=auto"],
+        cwd=project, capture_output=True, text=True, timeout=300)
+    assert more.returncode == 0, more.stderr
+    (second,) = client.search_runs([experiment], max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+    assert second.info.run_id != first.info.run_id
+    assert second.data.tags["resumed_from_run"] == first.info.run_id
+    steps = [m.step for m in client.get_metric_history(second.info.run_id, "val_loss")]
+    assert sorted(steps) == [1, 2, 3]
+    first = client.get_run(first.info.run_id)
+    assert first.info.status == "FINISHED"
+    assert first.data.tags["resumed_in_run"] == second.info.run_id
+
+
 def test_two_runs_at_once_are_both_recorded_and_keep_their_checkpoints_apart(
     project, small_digits
 ):

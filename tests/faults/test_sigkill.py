@@ -1,7 +1,8 @@
 """A `kedro run` killed with SIGKILL mid-epoch (nothing can be saved or recorded at
 that moment) and resumed with `training.resume=auto` ends exactly where the run left
-alone ends; the resuming MLflow run holds every epoch once and ends FINISHED, and
-the killed one, which MLflow still showed as RUNNING, is closed as KILLED."""
+alone ends, in the same MLflow run: the killed run, which MLflow still showed as
+RUNNING, is continued, holds every epoch once and ends FINISHED; the run the resume
+opened hands over to it and is deleted."""
 
 import signal
 import subprocess
@@ -55,13 +56,16 @@ def test_killed_mid_epoch_and_resumed_ends_as_the_run_left_alone(project, small_
     assert resumed.returncode == 0, resumed.stderr
     assert "Resumed from" in resumed.stdout + resumed.stderr
     pd.testing.assert_frame_equal(pd.read_csv(latest_version(history_file)), expected_history)
-    run = newest_run(client)
+    run = client.get_run(dead.info.run_id)
     assert run.data.metrics["test_accuracy"] == expected
     assert run.info.status == "FINISHED"
-    assert run.data.tags["resumed_from_run"] == dead.info.run_id
+    assert run.data.tags["resumed_with.training.resume"] == "auto"
+    assert run.data.params["training.resume"] == "False"  # as its first part ran
     for name in ("train_loss", "val_loss", "lr"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), name
-    dead = client.get_run(dead.info.run_id)
-    assert dead.info.status == "KILLED"
-    assert dead.data.tags["resumed_in_run"] == run.info.run_id
+    assert client.get_metric_history(run.info.run_id, "test_accuracy")[0].step == 0
+    experiment = client.get_experiment_by_name("kedro_torch")
+    assert len(client.search_runs([experiment.experiment_id])) == 2  # alone, and this one
+    (handed_over,) = client.search_runs([experiment.experiment_id], run_view_type=2)
+    assert handed_over.data.tags["resumed_in_run"] == run.info.run_id

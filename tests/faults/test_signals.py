@@ -57,4 +57,8 @@ def test_a_signal_mid_training_kills_the_run_cleanly_and_it_resumes(
                     f"{params},training.epochs={epoch},training.resume=auto")
     assert resumed.returncode == 0, resumed.stderr
     assert "Resumed from" in resumed.stdout + resumed.stderr
-    assert newest_run(project).info.status == "FINISHED"
+    continued = newest_run(project)  # the killed run, continued
+    assert continued.info.run_id == run.info.run_id
+    assert continued.info.status == "FINISHED"
+    assert continued.data.tags["resumed_with.training.epochs"] == str(epoch)
+    assert continued.data.params["training.epochs"] == "500"  # as its first part ran

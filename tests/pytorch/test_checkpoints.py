@@ -137,3 +137,17 @@ def test_the_newest_checkpoint_is_the_last_written_not_the_highest_epoch(tmp_pat
     store.save({"epoch": 1})
     assert store.steps() == ["step-00001-0000000.pt"]
     assert store.load() == {"epoch": 1}
+
+
+def test_tags_are_those_of_the_newest_checkpoint_and_refuse_an_unsafe_file(tmp_path):
+    store = CheckpointStore(str(tmp_path), keep=2)
+    assert store.tags() == {}
+    store.save({"epoch": 1, "model": small_state_dict(), "tags": {"mlflow_run_id": "a"}})
+    time.sleep(0.01)
+    store.save({"epoch": 2, "model": small_state_dict(), "tags": {"mlflow_run_id": "b"}})
+    assert store.tags() == {"mlflow_run_id": "b"}
+    torch.save({"epoch": 3, "tags": CreatesMarkerWhenUnpickled(tmp_path / "marker")},
+               store.path("step-00003-0000000.pt"))
+    with pytest.raises(UnsafeCheckpointError, match="step-00003"):
+        store.tags()
+    assert not (tmp_path / "marker").exists()

@@ -20,6 +20,7 @@ from typing import IO, Any
 import fsspec
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 
 from kedro_torch.pytorch.distributed import is_main_process
 
@@ -133,6 +134,22 @@ class CheckpointStore:
             return None
         with self.fs.open(path, "rb") as file:
             return load_weights(file, path)
+
+    def tags(self) -> dict[str, str]:
+        """The tags the newest step checkpoint carries (``Trainer(checkpoint_tags=...)``):
+        in a local folder read through a memory map, without reading its tensors."""
+        steps = self.steps()
+        if not steps:
+            return {}
+        if isinstance(self.fs, LocalFileSystem):
+            path = self.path(steps[-1])
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except pickle.UnpicklingError:
+                state = self.load(steps[-1])  # which says why it is refused
+        else:
+            state = self.load(steps[-1])
+        return dict(state.get("tags") or {})
 
     def for_identity(self, identity: Mapping[str, Any], keep: int = 1) -> CheckpointStore:
         """The folder of the training configuration ``identity`` describes."""

@@ -37,15 +37,20 @@ class MlflowEpochLogger(Callback):
         return {"mlflow_run_id": self.run_id} if self.run_id else {}
 
     def on_resume(self, history: list[dict[str, float]], tags: dict[str, str]) -> None:
-        """Log the checkpoint's epochs here, at their steps, so that this run holds the
-        whole history (1..N, each epoch once), and link it with the run that trained
-        them, which a SIGKILL would otherwise leave RUNNING for ever."""
+        """Log the checkpoint's epochs this run lacks, at their steps, so that it holds
+        the whole history (1..N, each epoch once): none when it is the run that trained
+        them, continued (:mod:`kedro_torch.tracking.resume`); all when it is a new one,
+        then linked with that run, which a SIGKILL would otherwise leave RUNNING for ever."""
         if self.run_id is None:
             return
         client, now = MlflowClient(), int(time.time() * 1000)
+        names = {name for row in history for name in row if name != "epoch"}
+        held = {(name, metric.step) for name in names
+                for metric in client.get_metric_history(self.run_id, name)}
         client.log_batch(self.run_id, metrics=[
             Metric(name, value, now, int(row["epoch"]))
-            for row in history for name, value in row.items() if name != "epoch"
+            for row in history for name, value in row.items()
+            if name != "epoch" and (name, int(row["epoch"])) not in held
         ])
         earlier = tags.get("mlflow_run_id")
         if earlier is None or earlier == self.run_id:

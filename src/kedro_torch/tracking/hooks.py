@@ -159,6 +159,29 @@ class MlflowRunHook:
             self._monitor = runs.describe_run(self._context, run_params, pipeline, catalog)
 
     @hook_impl(tryfirst=True)
+    def before_node_run(self, inputs: dict[str, Any]) -> None:
+        """Before training resumes a checkpoint, continue the run that wrote it
+        (:mod:`kedro_torch.tracking.resume`); first, before kedro-mlflow's hook reopens
+        the run it opened for this node (``tryfirst``).
+
+        Imported here, not with the module: asking for the run imports MLflow and torch.
+        """
+        if "training_checkpoints" not in inputs:
+            return
+        from kedro_torch.tracking import resume  # noqa: PLC0415
+
+        earlier = resume.run_to_continue(inputs)
+        if earlier is None:
+            return
+        monitor = self._monitor
+        self._stop_monitor()
+        resume.continue_run(earlier)
+        if monitor is not None:
+            self._monitor = type(monitor)(earlier, monitor.sampling_interval,
+                                          resume_logging=True)
+            self._monitor.start()
+
+    @hook_impl(tryfirst=True)
     def after_pipeline_run(self) -> None:
         self._stop_monitor()
 
@@ -190,6 +213,12 @@ class InterruptedRunHook:
 
         run = mlflow.active_run()
         self._run_id = run.info.run_id if run is not None else None
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        """The run may have changed, to the one a resume continues."""
+        if self._run_id is not None:
+            self.before_pipeline_run()
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception) -> None:

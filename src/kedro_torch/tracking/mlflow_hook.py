@@ -1,4 +1,5 @@
-"""kedro-mlflow's hook, logging the parameters of each node in one batch."""
+"""kedro-mlflow's hook, logging the parameters of each node in one batch, to the run
+a resume continues."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 from kedro.pipeline.node import Node
 from kedro_mlflow.framework.hooks import MlflowHook
+from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 
@@ -22,6 +24,8 @@ class BatchedParamsMlflowHook(MlflowHook):
     for the training pipeline. Here a node's parameters go in one ``log_params``
     call, without those the run already holds. Everything else, including how
     over-long values are treated (``long_params_strategy``), is kedro-mlflow's.
+    When a resume continues an earlier run (:mod:`kedro_torch.tracking.resume`), it
+    follows: later parameters go to that run.
     Kedro calls it through :class:`kedro_torch.tracking.hooks.MlflowHookForwarder`,
     which settings.py registers in place of the plugin's own hook.
     """
@@ -42,16 +46,37 @@ class BatchedParamsMlflowHook(MlflowHook):
     def before_node_run(
         self, node: Node, catalog: DataCatalog, inputs: dict[str, Any], is_async: bool
     ) -> None:
+        self._follow_active_run()
         self._pending = {}
         try:
             super().before_node_run(node, catalog, inputs, is_async)
-            new = {name: value for name, value in self._pending.items()
+            new = {name: str(value) for name, value in self._pending.items()
                    if self._logged.get(name) != str(value)}
         finally:
             self._pending = None
-        if new:
-            mlflow.log_params(new)
-            self._logged.update({name: str(value) for name, value in new.items()})
+        self._log(new)
+
+    def _follow_active_run(self) -> None:
+        """Log to the run a resume continues (:mod:`kedro_torch.tracking.resume`),
+        which holds the parameters of its first part."""
+        run = mlflow.active_run()
+        if self.run_id is None or run is None or run.info.run_id == self.run_id:
+            return
+        self.run_id = run.info.run_id
+        logged, self._logged = self._logged, dict(MlflowClient().get_run(self.run_id).data.params)
+        self._log({name: value for name, value in logged.items()
+                   if self._logged.get(name) != value})
+
+    def _log(self, params: dict[str, str]) -> None:
+        """MLflow keeps a parameter's first value; one that a resume changed (such as
+        ``training.epochs``) is recorded as the tag ``resumed_with.<name>``."""
+        changed = {name: value for name, value in params.items() if name in self._logged}
+        if changed:
+            mlflow.set_tags({f"resumed_with.{name}": value for name, value in changed.items()})
+        fresh = {name: value for name, value in params.items() if name not in self._logged}
+        if fresh:
+            mlflow.log_params(fresh)
+        self._logged.update(fresh)
 
     def _log_param(self, name: str, value: Any) -> None:
         if self._pending is None or len(str(value)) > MAX_PARAM_VAL_LENGTH:
