@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -106,3 +108,40 @@ def test_memory_refuses_more_images_than_half_the_machines_memory():
 def test_disk_without_a_folder_says_what_it_needs():
     with pytest.raises(ValueError, match=r"^data\.cache: disk needs a folder"):
         plan("disk", (1, 2, 2), 1, ImageStore((1, 2, 2)))
+
+
+# --- runs at once -------------------------------------------------------------------------
+
+
+def test_two_runs_saving_one_folder_keep_each_others_images(tmp_path):
+    """B saves after A, from the index both opened: A's images stay in it."""
+    folder = str(tmp_path / "cache")
+    filled(ImageStore((1, 2, 2), folder), ["old"]).save()
+    run_a, run_b = ImageStore.open(folder), ImageStore.open(folder)
+    filled(run_a, ["a"]).save()
+    filled(run_b, ["b"]).save()
+    saved = ImageStore.open(folder)
+    assert sorted(saved.entries["content_hash"]) == ["a", "b", "old"]
+    chunks, rows = saved.locate(["a", "b", "old"])
+    for chunk, row in zip(chunks, rows, strict=True):
+        assert saved.image(int(chunk), int(row)).shape == (1, 2, 2)
+
+
+def test_chunks_another_process_may_read_are_kept_until_it_ends(tmp_path):
+    folder = tmp_path / "cache"
+    filled(ImageStore((1, 2, 2), str(folder)), ["a"]).save()
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom kedro_torch.pytorch.cache import "
+         f"ImageStore\nImageStore.open({str(folder)!r})\nprint('open', flush=True)\n"
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert reader.stdout.readline() == "open\n"
+        store = ImageStore.open(str(folder))
+        store.with_entries(store.entries.iloc[:0]).save()  # "a" no longer wanted here
+        assert len(list((folder / "chunks").glob("*.npy"))) == 1  # the reader may need it
+    finally:
+        reader.communicate("", timeout=30)
+    store.with_entries(store.entries.iloc[:0]).save()
+    assert list((folder / "chunks").glob("*.npy")) == []

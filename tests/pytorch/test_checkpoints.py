@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +19,7 @@ from kedro_torch.pytorch.checkpoints import (
     save_atomically,
     state_dict_from,
 )
+from kedro_torch.pytorch.locks import Busy
 
 
 def small_state_dict(value: float = 1.0) -> dict[str, torch.Tensor]:
@@ -151,3 +154,23 @@ def test_tags_are_those_of_the_newest_checkpoint_and_refuse_an_unsafe_file(tmp_p
     with pytest.raises(UnsafeCheckpointError, match="step-00003"):
         store.tags()
     assert not (tmp_path / "marker").exists()
+
+
+def test_a_folder_another_process_trains_into_is_refused_until_it_ends(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom kedro_torch.pytorch.checkpoints import "
+         f"CheckpointStore\nCheckpointStore({str(tmp_path)!r}).claim()\nprint('held', "
+         "flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    store = CheckpointStore(str(tmp_path))
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(Busy, match=f"training this configuration now, with its "
+                                       f"checkpoints in {tmp_path}.*training.seed"):
+            store.claim()
+    finally:
+        holder.communicate("", timeout=30)
+    store.claim()  # the holder ended: the operating system let its lock go
+    store.claim()  # and this process may claim its own folder again
+    store.release()

@@ -278,6 +278,7 @@ def fit(
     :func:`checkpoints_for`). SIGTERM or SIGINT stop it at the next step boundary
     with a checkpoint, raising :class:`~kedro_torch.pytorch.interrupts.TrainingInterrupted`.
     ``checkpoint_tags`` travel in every checkpoint, back to the callbacks of a resume.
+    Another process training into the same folder at the same time is refused.
     """
     engine.seed_everything(config.seed)
     device = engine.resolve_device(config.device)
@@ -302,7 +303,13 @@ def fit(
     trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,
                              callbacks, checkpoints, checkpoint_tags)
     logger.info("Training %s on %s for %d epochs", type(model).__name__, device, config.epochs)
-    history = trainer.fit(train_loader, val_loader, resume=config.resume)
+    if checkpoints is not None:
+        checkpoints.claim()
+    try:
+        history = trainer.fit(train_loader, val_loader, resume=config.resume)
+    finally:
+        if checkpoints is not None:
+            checkpoints.release()
     trained = trainer.eval_model
     state_dict = {name: tensor.detach().cpu() for name, tensor in trained.state_dict().items()}
     return FitResult(state_dict, history, trained)

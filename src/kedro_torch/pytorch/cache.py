@@ -10,6 +10,12 @@ decoded again, and a changed or added file is.
 Folder layout: ``index.parquet`` (the entries, with the image shape in its schema
 metadata) and ``chunks/<name>.npy``. Each run that decodes new files adds one chunk;
 saving the index deletes the chunks no entry refers to any more.
+
+Runs at once may share a folder. Each process that reads or adds chunks holds a
+shared lock on ``.in-use`` while it lives; saving merges the index under a lock of
+its own, keeping what other runs added since this one opened it, and deletes
+chunks only when no other process holds ``.in-use``, so no run loses an image it
+reads.
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from kedro_torch.pytorch import locks
+
 ENTRY_COLUMNS = (
     "fingerprint", "content_hash", "reason", "mode", "pixel_sum", "pixel_sumsq", "chunk", "row",
 )
 INDEX_FILE = "index.parquet"
+IN_USE_FILE = ".in-use"
+INDEX_LOCK_FILE = ".index.lock"
 SHAPE_KEY = b"image_shape"
 
 
@@ -94,6 +104,7 @@ class ImageStore:
         folder: str | None = None,
         entries: pd.DataFrame | None = None,
         memory_chunks: dict[str, torch.Tensor] | None = None,
+        opened: frozenset[str] = frozenset(),
     ):
         self.image_shape = tuple(image_shape) if image_shape is not None else None
         self.folder = folder
@@ -104,6 +115,7 @@ class ImageStore:
         self._memory = dict(memory_chunks or {})
         self._mapped: dict[str, np.ndarray] = {}
         self._names = sorted(set(self.entries["chunk"].dropna()))
+        self._opened = opened  # the fingerprints the folder's index held when opened
 
     # --- reading and writing a folder --------------------------------------------
 
@@ -113,9 +125,11 @@ class ImageStore:
         index = Path(folder) / INDEX_FILE
         if not index.is_file():
             return cls(None, folder)
+        locks.share(Path(folder) / IN_USE_FILE)
         table = pq.read_table(index)
         shape = tuple(int(v) for v in table.schema.metadata[SHAPE_KEY].decode().split(","))
-        return cls(shape, folder, table.to_pandas())
+        entries = table.to_pandas()
+        return cls(shape, folder, entries, opened=frozenset(entries["fingerprint"].dropna()))
 
     def save(self) -> None:
         """Write the index atomically, then delete the chunk files nothing refers to.
@@ -128,16 +142,29 @@ class ImageStore:
             return
         folder = Path(self.folder)
         folder.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(self.entries.reset_index(drop=True), preserve_index=False)
-        shape = ",".join(str(v) for v in self.image_shape or ())
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SHAPE_KEY: shape})
-        temporary = folder / f".{INDEX_FILE}.{uuid.uuid4().hex}"
-        pq.write_table(table, temporary)
-        os.replace(temporary, folder / INDEX_FILE)
-        referenced = set(self.entries["chunk"].dropna())
-        for chunk in (folder / "chunks").glob("*.npy"):
-            if chunk.stem not in referenced:
-                chunk.unlink(missing_ok=True)
+        with locks.exclusive(folder / INDEX_LOCK_FILE):
+            entries = pd.concat([self.entries, self._added_by_others()], ignore_index=True)
+            table = pa.Table.from_pandas(entries, preserve_index=False)
+            shape = ",".join(str(v) for v in self.image_shape)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                   SHAPE_KEY: shape})
+            temporary = folder / f".{INDEX_FILE}.{uuid.uuid4().hex}"
+            pq.write_table(table, temporary)
+            os.replace(temporary, folder / INDEX_FILE)
+            if locks.alone(folder / IN_USE_FILE):
+                referenced = set(entries["chunk"].dropna())
+                for chunk in (folder / "chunks").glob("*.npy"):
+                    if chunk.stem not in referenced:
+                        chunk.unlink(missing_ok=True)
+
+    def _added_by_others(self) -> pd.DataFrame:
+        """Entries another run saved to the folder since this store was opened."""
+        saved = ImageStore.open(self.folder)
+        if saved.image_shape != self.image_shape:
+            return saved.entries.iloc[:0]
+        fingerprints = saved.entries["fingerprint"]
+        return saved.entries[~fingerprints.isin(self._opened)
+                             & ~fingerprints.isin(self.entries["fingerprint"])]
 
     # --- building -----------------------------------------------------------------
 
@@ -155,11 +182,12 @@ class ImageStore:
             return name, tensor.numpy()
         path = self._chunk_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        locks.share(Path(self.folder) / IN_USE_FILE)
         return name, np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
 
     def with_entries(self, entries: pd.DataFrame) -> ImageStore:
         """The same chunks described by new entries (those of this run's files)."""
-        return ImageStore(self.image_shape, self.folder, entries, self._memory)
+        return ImageStore(self.image_shape, self.folder, entries, self._memory, self._opened)
 
     # --- lookups --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from kedro_torch.pytorch import locks
 from kedro_torch.pytorch.distributed import is_main_process
 
 
@@ -72,7 +73,7 @@ def save_atomically(obj: Any, path: str, fs: fsspec.AbstractFileSystem | None = 
 
 
 class CheckpointStore:
-    """A folder of training checkpoints, on any fsspec filesystem.
+    r"""A folder of training checkpoints, on any fsspec filesystem.
 
     Each save writes ``step-<epochs done>-<batches done>.pt`` and keeps the newest
     ``keep`` of them (by the time written), so a crash during a save still leaves the
@@ -82,7 +83,9 @@ class CheckpointStore:
 
     :meth:`for_identity` gives each training configuration a folder of its own, named
     by a digest of what determines training, so that runs of different configurations,
-    one after the other or at once, never read or overwrite each other's checkpoints.
+    one after the other or at once, never read or overwrite each other's checkpoints;
+    training takes its folder for itself (:meth:`claim`), so two runs of one
+    configuration at once cannot either.
     """
 
     def __init__(self, directory: str, fs: fsspec.AbstractFileSystem | None = None,
@@ -135,6 +138,19 @@ class CheckpointStore:
         with self.fs.open(path, "rb") as file:
             return load_weights(file, path)
 
+    def claim(self) -> None:
+        """Take the folder for this process until :meth:`release`; a local folder that
+        another run's training holds is refused (a remote one cannot be locked)."""
+        if isinstance(self.fs, LocalFileSystem) and is_main_process():
+            locks.hold(self.path(LOCK_FILE), (
+                f"another run is training this configuration now, with its checkpoints in "
+                f"{self.directory}: wait for it to end, or give this run other parameters "
+                "(such as training.seed)"))
+
+    def release(self) -> None:
+        if isinstance(self.fs, LocalFileSystem) and is_main_process():
+            locks.release(self.path(LOCK_FILE))
+
     def tags(self) -> dict[str, str]:
         """The tags the newest step checkpoint carries (``Trainer(checkpoint_tags=...)``):
         in a local folder read through a memory map, without reading its tensors."""
@@ -175,6 +191,7 @@ class CheckpointStore:
 
 
 IDENTITY_FILE = "identity.json"
+LOCK_FILE = ".lock"
 
 
 def fingerprint(identity: Mapping[str, Any]) -> str:
