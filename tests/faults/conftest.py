@@ -38,32 +38,46 @@ def write_mlflow_yml(root: Path, env: str, tracking_uri: str) -> None:
 def mlflow_server(tmp_path_factory) -> str:
     """``mlflow server`` on a free local port, its SQLite store and artifacts in a
     temporary folder; its URI, once it answers. Stopped with its workers at the end."""
-    folder = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"), port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_mlflow_server(server)
+
+
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on ``port``, its store and artifacts in ``folder`` (a server
+    started again on the same folder and port is the same server, back); once it answers."""
     uri = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=(folder / "server.log").open("w"), stderr=subprocess.STDOUT,
+        cwd=folder, stdout=(folder / "server.log").open("a"), stderr=subprocess.STDOUT,
         # Its job runner would start a dozen worker processes these tests never use.
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         start_new_session=True,  # its own process group: stopping it stops its workers
     )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not answers(uri):
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop_mlflow_server(server)
+            pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()}")
+        time.sleep(0.2)
+    return server
+
+
+def stop_mlflow_server(server: subprocess.Popen) -> None:
+    """Stop the server and its workers; SIGKILL if they do not go within 20 s."""
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not answers(uri):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()}")
-            time.sleep(0.2)
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def answers(uri: str) -> bool:

@@ -87,6 +87,7 @@ BAD_PARAMETERS = [
     (["model.unfreeze_at_epoch=2"], "model.unfreeze_at_epoch"),
     (["evaluation.top_k=0"], "evaluation.top_k"),
     (["mlflow.system_metrics_interval=-1"], "mlflow.system_metrics_interval"),
+    (["mlflow.outage_wait=-5"], "mlflow.outage_wait"),
     # Input paths that do not exist, or are not given.
     (["raw_images_path=/nowhere"], "raw_images_path"),
     (["model.pretrained_path=/nowhere.pt"], "model.pretrained_path"),

@@ -87,23 +87,23 @@ def run_node(hook: BatchedParamsMlflowHook, inputs: dict) -> None:
 
 
 def test_a_nodes_parameters_are_logged_flattened_in_one_batch(mlflow_run, monkeypatch):
-    calls = {"log_param": 0, "log_params": 0}
-    for name in calls:
-        original = getattr(mlflow, name)
+    calls = {"log_param": 0, "log_batch": 0}
+    for owner, name in ((mlflow, "log_param"), (MlflowClient, "log_batch")):
+        original = getattr(owner, name)
 
         def counting(*args, _original=original, _name=name, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(mlflow, name, counting)
+        monkeypatch.setattr(owner, name, counting)
     hook = params_hook()
     training = {"epochs": 3, "optimizer": {"name": "AdamW", "kwargs": {"lr": 0.003}}}
     run_node(hook, {"params:training": training, "model": object()})
-    assert calls == {"log_param": 0, "log_params": 1}
+    assert calls == {"log_param": 0, "log_batch": 1}
     # A second node taking the same section logs nothing again; a new key is logged.
     run_node(hook, {"params:training": training})
     run_node(hook, {"params:training": training, "params:seed": 7})
-    assert calls == {"log_param": 0, "log_params": 2}
+    assert calls == {"log_param": 0, "log_batch": 2}
     params = MlflowClient().get_run(mlflow_run.info.run_id).data.params
     assert params == {"training.epochs": "3", "training.optimizer.name": "AdamW",
                       "training.optimizer.kwargs.lr": "0.003", "seed": "7"}

@@ -382,12 +382,15 @@ class EvaluationConfig:
 class MlflowConfig:
     registered_model_name: str = "kedro_torch"
     system_metrics_interval: float | None = 5.0
+    outage_wait: float = 600.0  # seconds a run waits at its end for a server that went away
 
     def validate(self, key: str) -> None:
         if not self.registered_model_name.strip():
             raise ParameterError(f"{key}.registered_model_name must not be empty")
         if self.system_metrics_interval is not None:
             _positive(self.system_metrics_interval, f"{key}.system_metrics_interval")
+        if self.outage_wait < 0:
+            raise ParameterError(f"{key}.outage_wait must be 0 or more, got {self.outage_wait}")
 
 
 @dataclass(frozen=True)

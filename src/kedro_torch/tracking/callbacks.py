@@ -3,7 +3,6 @@ the history of the run a resume continues."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import mlflow
@@ -13,21 +12,16 @@ from mlflow.exceptions import MlflowException
 
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.engine import Callback
+from kedro_torch.tracking import outbox
 
 
 class MlflowEpochLogger(Callback):
-    """Logs each epoch's metrics to the active MLflow run as it ends (step = epoch).
-
-    Logging is asynchronous so the store's latency never holds up training; the
-    queue is flushed when training ends.
+    """Logs each epoch's metrics to the active MLflow run as it ends (step = epoch),
+    through the run's outbox (:mod:`kedro_torch.tracking.outbox`): a tracking server
+    that goes away never holds training up, and what it missed is sent when it is back.
     """
 
     def __init__(self) -> None:
-        # Without a buffering interval, MLflow's logging thread waits on its queue in
-        # 1 s polls that stopping it cannot cut short: flushing at the end of training
-        # and closing the run each lose up to a second. With one, the thread sleeps on
-        # an event that stopping sets. A value the user set is kept.
-        os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
         run = mlflow.active_run() if is_main_process() else None
         self.run_id = run.info.run_id if run is not None else None
 
@@ -66,10 +60,6 @@ class MlflowEpochLogger(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.run_id is not None:
-            mlflow.log_metrics(
-                {name: value for name, value in metrics.items() if name != "epoch"},
-                step=epoch, synchronous=False,
-            )
-
-    def on_fit_end(self) -> None:
-        mlflow.flush_async_logging()
+            outbox.send({"kind": "metrics", "step": epoch, "timestamp": int(time.time() * 1000),
+                         "metrics": {name: value for name, value in metrics.items()
+                                     if name != "epoch"}})

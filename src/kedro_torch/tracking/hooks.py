@@ -190,8 +190,15 @@ class MlflowRunHook:
         self._stop_monitor()
 
     def _stop_monitor(self) -> None:
+        """Imported here, not with the module: the outbox imports MLflow."""
+        from kedro_torch.tracking import outbox  # noqa: PLC0415
+
         if self._monitor is not None:
-            self._monitor.finish()  # logs what it holds, while the run is still open
+            waiting = outbox.current()
+            if waiting is None or not waiting.away:
+                self._monitor.finish()  # logs what it holds, while the run is still open
+            # else its thread, waiting on the server, would hold the run's end up for
+            # minutes: a daemon thread, it ends with the process
             self._monitor = None
 
 
@@ -222,8 +229,10 @@ class InterruptedRunHook:
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception) -> None:
+        """Imported here, not with the module: marking the run imports MLflow."""
         if self._run_id is not None and isinstance(error, Interrupted):
-            from kedro_torch.tracking import runs  # noqa: PLC0415
+            from kedro_torch.tracking import outbox, runs  # noqa: PLC0415
 
-            runs.mark_interrupted(self._run_id, error)
+            if not outbox.kept(self._run_id):  # else its end waits with its other records
+                runs.mark_interrupted(self._run_id, error)
 

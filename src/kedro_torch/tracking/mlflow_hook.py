@@ -3,6 +3,7 @@ a resume continues."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -13,6 +14,10 @@ from kedro.pipeline.node import Node
 from kedro_mlflow.framework.hooks import MlflowHook
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from kedro_torch.pytorch.config import MlflowConfig, parse
+from kedro_torch.pytorch.distributed import is_main_process
+from kedro_torch.tracking import outbox, runs
 
 
 class BatchedParamsMlflowHook(MlflowHook):
@@ -39,8 +44,33 @@ class BatchedParamsMlflowHook(MlflowHook):
     def before_pipeline_run(
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
     ) -> None:
+        """Opens the run's outbox (:mod:`kedro_torch.tracking.outbox`) once the run is
+        open, first sending what earlier runs kept while the server was away."""
         self._logged = {}
         super().before_pipeline_run(run_params, pipeline, catalog)
+        if mlflow.active_run() is not None and is_main_process():
+            project, uri = Path(run_params["project_path"]), mlflow.get_tracking_uri()
+            outbox.replay_waiting(project, uri)
+            outbox.open_outbox(mlflow.active_run().info.run_id, uri, project)
+
+    @hook_impl
+    def after_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        """Waits up to ``mlflow.outage_wait`` seconds for a server that went away; the
+        run fails, its records kept, if it does not come back."""
+        outbox.finish(parse(MlflowConfig, catalog.load("parameters").get("mlflow"),
+                            "mlflow").outage_wait)
+        super().after_pipeline_run(run_params, pipeline, catalog)
+
+    @hook_impl
+    def on_pipeline_error(
+        self, error: Exception, run_params: dict[str, Any], pipeline: Pipeline,
+        catalog: DataCatalog,
+    ) -> None:
+        """With the server away, how the run failed is kept with its other records."""
+        if not outbox.abandon(runs.ending(error)):
+            super().on_pipeline_error(error, run_params, pipeline, catalog)
 
     @hook_impl
     def before_node_run(
@@ -72,10 +102,11 @@ class BatchedParamsMlflowHook(MlflowHook):
         ``training.epochs``) is recorded as the tag ``resumed_with.<name>``."""
         changed = {name: value for name, value in params.items() if name in self._logged}
         if changed:
-            mlflow.set_tags({f"resumed_with.{name}": value for name, value in changed.items()})
+            outbox.send({"kind": "tags", "values": {f"resumed_with.{name}": value
+                                                    for name, value in changed.items()}})
         fresh = {name: value for name, value in params.items() if name not in self._logged}
         if fresh:
-            mlflow.log_params(fresh)
+            outbox.send({"kind": "params", "values": fresh})
         self._logged.update(fresh)
 
     def _log_param(self, name: str, value: Any) -> None:

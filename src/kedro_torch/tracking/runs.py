@@ -23,6 +23,7 @@ from kedro_torch.pytorch import engine
 from kedro_torch.pytorch.config import MlflowConfig, ModelConfig, TrainingConfig, parse
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.interrupts import Interrupted, TrainingInterrupted
+from kedro_torch.tracking import outbox
 
 
 def describe_run(
@@ -67,24 +68,27 @@ def describe_run(
 
 def log_saved_dataset(catalog: DataCatalog, dataset_name: str, data: Any) -> None:
     """Log what a save wrote, as its catalog entry's metadata asks: the file
-    (``mlflow_artifact``), the table as the run's dataset input (``mlflow_dataset_input``)."""
+    (``mlflow_artifact``), the table as the run's dataset input (``mlflow_dataset_input``);
+    through the run's outbox (:mod:`kedro_torch.tracking.outbox`)."""
     if mlflow.active_run() is None or not is_main_process():
         return
     dataset = catalog.get(dataset_name)
     metadata = getattr(dataset, "metadata", None) or {}
     if metadata.get("mlflow_dataset_input"):
-        log_dataset_input(dataset_name, data, str(getattr(dataset, "_filepath", "")))
+        source = str(getattr(dataset, "_filepath", ""))
+        outbox.send({"kind": "dataset_input", "name": dataset_name, "table": data,
+                     "file": source, "source": source})
     if not metadata.get("mlflow_artifact"):
         return
     if isinstance(dataset, AbstractVersionedDataset):
         path = dataset._get_load_path()  # the version just written
     else:
         path = dataset._filepath
-    mlflow.log_artifact(str(path))
+    outbox.send({"kind": "artifact", "file": str(path)})
 
 
 def log_dataset_input(name: str, table: pd.DataFrame, source: str) -> None:
-    """Log a table as the run's training data, its digest computed without ``path``.
+    """Log a table as the active run's training data, its digest computed without ``path``.
 
     Absolute paths say where the data sits, not what it is: the same images
     copied elsewhere keep their digest; other files, labels or splits change it.
@@ -131,14 +135,20 @@ def device_tags(training_params: dict[str, Any] | None) -> dict[str, str]:
     return tags
 
 
-def mark_interrupted(run_id: str, error: Interrupted) -> None:
-    """Record a run stopped by a signal as KILLED, with where it stopped and what
-    resumes it; kedro-mlflow, which sees only an error, has just marked it FAILED."""
-    client = MlflowClient()
+def ending(error: Exception) -> list[dict[str, Any]]:
+    """How a run that ``error`` stopped ended, as outbox records: KILLED, with where it
+    stopped and what resumes it, for a signal (SIGTERM, SIGINT); FAILED otherwise."""
+    if not isinstance(error, Interrupted):
+        return [{"kind": "end", "status": "FAILED"}]
     tags = {"interrupted_by": signal.Signals(error.signum).name}
     if isinstance(error, TrainingInterrupted):
         tags |= {"interrupted_epoch": str(error.epoch), "interrupted_batch": str(error.batch),
                  "resume_checkpoint": str(error.checkpoint)}
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, "KILLED")
+    return [{"kind": "tags", "values": tags}, {"kind": "end", "status": "KILLED"}]
+
+
+def mark_interrupted(run_id: str, error: Interrupted) -> None:
+    """Record a run stopped by a signal as KILLED, with where it stopped and what
+    resumes it; kedro-mlflow, which sees only an error, has just marked it FAILED."""
+    for record in ending(error):
+        outbox.apply(run_id, record)
