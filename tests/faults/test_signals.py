@@ -2,6 +2,7 @@
 it exits with the signal's status within seconds, the MLflow run says KILLED and
 where it stopped, and a resume from the checkpoint it wrote finishes the job."""
 
+import os
 import signal
 import subprocess
 import time
@@ -22,25 +23,36 @@ def newest_run(project):
     return run
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(("signum", "to_group"), [
+    (signal.SIGTERM, False),
+    (signal.SIGINT, False),
+    # Ctrl-C in a terminal: every process of the group, DataLoader workers too.
+    (signal.SIGINT, True),
+])
 def test_a_signal_mid_training_kills_the_run_cleanly_and_it_resumes(
-    project, small_digits, signum
+    project, small_digits, signum, to_group
 ):
     # A configuration of its own (the seed), so its checkpoints are its own.
-    params = (f"raw_images_path={small_digits},training.seed={signum},"
+    params = (f"raw_images_path={small_digits},training.seed={signum + 100 * to_group},"
               "training.progress_bar=false,data.batch_size=8")
+    if to_group:  # workers that read the files (no cache), which the signal reaches
+        params += ",data.num_workers=2,data.cache=none"
     checkpoints = project / "data" / "06_models" / "checkpoints"
     before = set(checkpoints.glob("*/step-*.pt"))
     training = subprocess.Popen(
         [KEDRO, "run", "--pipelines", "training", "--params", f"{params},training.epochs=500"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=to_group,
     )
     deadline = time.monotonic() + 180
     while not set(checkpoints.glob("*/step-*.pt")) - before:  # an epoch is done
         assert training.poll() is None and time.monotonic() < deadline, training.stdout.read()
         time.sleep(0.1)
     sent = time.monotonic()
-    training.send_signal(signum)
+    if to_group:
+        os.killpg(training.pid, signum)
+    else:
+        training.send_signal(signum)
     output, _ = training.communicate(timeout=60)
     assert training.returncode == 128 + signum, output
     assert time.monotonic() - sent < 60

@@ -37,6 +37,7 @@ from kedro_torch.pytorch import images
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.config import DataConfig
 from kedro_torch.pytorch.distributed import shard_for_this_rank
+from kedro_torch.pytorch.interrupts import leave_ctrl_c_to_the_main_process
 from kedro_torch.pytorch.optimizers import classes_in, resolve
 
 logger = logging.getLogger(__name__)
@@ -278,6 +279,7 @@ def build_dataloaders(
             prefetch_factor=config.prefetch_factor if workers > 0 else None,
             pin_memory=pin_memory,
             generator=generator,
+            worker_init_fn=leave_ctrl_c_to_the_main_process,
         )
     if chosen:
         logger.info("DataLoader workers, chosen per split: %s",
