@@ -88,6 +88,10 @@ BAD_PARAMETERS = [
     (["evaluation.top_k=0"], "evaluation.top_k"),
     (["mlflow.system_metrics_interval=-1"], "mlflow.system_metrics_interval"),
     (["mlflow.outage_wait=-5"], "mlflow.outage_wait"),
+    (["model.kwargs.widht=3"], "model.kwargs"),
+    (["training.optimizer.name=SparseAdam", "training.optimizer.kwargs.weight_decay=null"],
+     "training.optimizer.name"),  # SmallCNN has no sparse layer
+    (["training.optimizer.name=Muon"], "training.optimizer.name"),  # SmallCNN: 2-D head only
     # Input paths that do not exist, or are not given.
     (["raw_images_path=/nowhere"], "raw_images_path"),
     (["model.pretrained_path=/nowhere.pt"], "model.pretrained_path"),

@@ -45,14 +45,31 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
         for stage in ("train", "eval", "train_batch"):
             loaders.build_transforms(configs["data"].transforms.steps(stage),
                                      f"data.transforms.{stage}")
+    skeleton = None
     if "model" in configs:
         models.check_model_name(configs["model"].name)
+        skeleton = _skeleton(configs["model"], configs.get("data"))
     if "training" in configs:
-        _check_training(configs["training"], configs.get("data"))
+        _check_training(configs["training"], configs.get("data"), skeleton)
     return configs
 
 
-def _check_training(training: TrainingConfig, data: DataConfig | None) -> None:
+def _skeleton(model: ModelConfig, data: DataConfig | None) -> nn.Module | None:
+    """The model built with ``model.kwargs`` on the meta device: no memory, no weights,
+    no draw on the run's random state. None for a model whose construction computes
+    with real tensors (torchvision's RegNets), which its build checks instead."""
+    channels = data.channels if data is not None else 3
+    try:
+        with torch.device("meta"):
+            return models.build_model(model.name, PROBE_CLASSES, channels, **model.kwargs)
+    except (TypeError, ValueError) as error:  # an argument it does not take, or a value
+        raise ParameterError(f"model.kwargs: {model.name} refused them: {error}") from error
+    except NotImplementedError:
+        return None
+
+
+def _check_training(training: TrainingConfig, data: DataConfig | None,
+                    model: nn.Module | None) -> None:
     device = engine.resolve_device(training.device)
     main = optimization.resolve(training.optimizer.name, optimization.optimizer_classes(),
                                 "training.optimizer.name")
@@ -62,6 +79,9 @@ def _check_training(training: TrainingConfig, data: DataConfig | None) -> None:
         optimization.resolve(fallback, optimization.optimizer_classes(),
                              "training.optimizer.fallback.name")
     schedulers = _step_a_probe(training, data, main)
+    if model is not None and main in {getattr(torch.optim, "Muon", None), torch.optim.SparseAdam}:
+        with _quiet(optimization.logger):  # the parameters it takes, which it checks
+            optimization.split_parameters(main, model, "training.optimizer")
     users = sorted({type(s.scheduler).__name__ for s in schedulers if s.on_metric})
     users += ["early stopping / keep_best"] if training.restores_best else []
     if users and training.monitor.startswith("val_") and data is not None and not data.split.val:

@@ -113,8 +113,7 @@ def build_optimizers(
     cls = resolve(config.name, optimizer_classes(), f"{key}.name")
     # Frozen parameters stay in: with no gradient, optimizers leave them untouched,
     # and unfreezing them later needs no new parameter group.
-    named = list(model.named_parameters())
-    main, rest = _split_for(cls, model, named, key)
+    main, rest = split_parameters(cls, model, key)
     fusable = not _sparse_parameter_names(model)
     optimizers = [_optimizer(cls, f"{key}.kwargs", _groups(model, main, config), config.kwargs,
                              fusable)]
@@ -158,7 +157,10 @@ def _optimizer(
     return _construct(cls, key, groups, **kwargs)
 
 
-def _split_for(cls: type, model: nn.Module, named: list, key: str) -> tuple[list, list]:
+def split_parameters(cls: type, model: nn.Module, key: str) -> tuple[list, list]:
+    """The named parameters ``cls`` takes, and the fallback's; refused where it would
+    take none (Muon without hidden 2-D weights, SparseAdam without sparse gradients)."""
+    named = list(model.named_parameters())
     if cls is getattr(torch.optim, "Muon", None):
         head = head_parameter_names(model)
         main = [(n, p) for n, p in named if p.ndim == 2 and n not in head]
