@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.e2e.conftest import EPOCHS, kedro, latest_run, run_pipeline
+from tests.tracking.test_model import png_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -50,9 +51,9 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
 def test_logged_model_predicts_raw_images_of_any_batch_size(finished_run, batch):
     _, run = finished_run
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    # Raw pixels of any size: the model resizes and normalizes as in training.
-    images = np.random.default_rng(0).integers(0, 256, size=(batch, 8, 8), dtype=np.uint8)
-    predictions = model.predict(images)
+    # PNG files of any size: the model resizes and normalizes as in training.
+    pixels = np.random.default_rng(0).integers(0, 256, size=(batch, 11, 11), dtype=np.uint8)
+    predictions = model.predict(pd.DataFrame({"image": [png_bytes(p) for p in pixels]}))
     assert len(predictions) == batch
     assert set(predictions["label"]) <= {str(d) for d in range(10)}
     assert predictions["probability"].between(0, 1).all()
