@@ -12,6 +12,7 @@ from kedro_torch.tracking.hooks import (
     MlflowHookForwarder,
     MlflowRunHook,
 )
+from kedro_torch.tracking.summary_hook import RunSummaryHook
 
 collect_rarely_during_start_up()
 
@@ -21,6 +22,7 @@ collect_rarely_during_start_up()
 # it keeps the place the plugin's had: ahead of the project's own.
 HOOKS = (
     ParameterValidationHook(),
+    RunSummaryHook(),
     MlflowArtifactHook(),
     MlflowRunHook(),
     GarbageCollectionHook(),

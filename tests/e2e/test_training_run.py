@@ -35,7 +35,8 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
     client, run = finished_run
     metrics = run.data.metrics
     assert 0.5 < metrics["test_accuracy"] <= 1.0
-    assert {"test_precision_0", "test_recall_9", "test_f1_5"} <= set(metrics)
+    assert {"test_per_class/precision_0", "test_per_class/recall_9",
+            "test_per_class/f1_5"} <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.png", "learning_curve.png", "evaluation_report.json",
             "label_map.json", "training_history.csv", "reliability_diagram.png",
@@ -62,7 +63,7 @@ def test_logged_model_predicts_raw_images_of_any_batch_size(finished_run, batch)
 
 def test_run_is_named_after_its_parameters_and_tagged(finished_run):
     _, run = finished_run
-    assert run.info.run_name == "small_cnn-AdamW-lr0.003"
+    assert run.info.run_name == f"small_cnn-AdamW-lr0.003-{EPOCHS}ep-{run.info.run_id[:6]}"
     tags = run.data.tags
     # The test project is a copy outside any git repository.
     assert tags["git_commit"] == tags["git_dirty"] == "unknown"
@@ -168,7 +169,7 @@ def test_champion_stays_on_the_good_run_when_a_weak_run_finishes_second(
         "mlflow": {"system_metrics_interval": None},
     })
     _, weak = latest_run(project)
-    assert weak.info.run_name == "small_cnn-AdamW-lr1e-06"
+    assert weak.info.run_name == f"small_cnn-AdamW-lr1e-06-1ep-{weak.info.run_id[:6]}"
     assert weak.data.metrics["test_accuracy"] < champion_accuracy
     (weak_version,) = client.search_model_versions(f"run_id = '{weak.info.run_id}'")
     assert int(weak_version.version) > int(champion.version)
