@@ -16,6 +16,8 @@ from mlflow.entities import Run
 
 from kedro_torch.pytorch.config import DataConfig, ModelConfig, TrainingConfig, parse
 
+TRAINING_VIEW = "workflowType=machine_learning"
+
 
 def describe_outcome(
     run_id: str,
@@ -111,9 +113,13 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
 
 
 def ui_hint(context: KedroContext, experiment_id: str, run_id: str) -> str:
-    """The command that opens the MLflow UI on this store, and the run's page in it."""
+    """The command that opens the MLflow UI on this store, and the run's page in it.
+
+    The page asks for the UI's model-training view: MLflow 3.17's UI otherwise shows
+    the GenAI view it last showed, whatever the experiment's kind.
+    """
     uri = mlflow.get_tracking_uri()
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{page}"
     ui = getattr(getattr(context, "mlflow", None), "ui", None)
