@@ -107,6 +107,28 @@ def test_model_is_registered_with_the_champion_alias(finished_run):
     assert "champion" in client.get_registered_model("kedro_torch").aliases
 
 
+def test_registered_model_has_a_signature_and_an_input_example(finished_run):
+    client, run = finished_run
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    info = mlflow.models.get_model_info(f"models:/kedro_torch/{version.version}")
+    assert info.signature.inputs.input_names() == ["path", "image"]
+    assert {"label", "probability", "top3_label", "error"} <= set(
+        info.signature.outputs.input_names())
+    assert info.saved_input_example_info["type"] == "dataframe"
+
+
+def test_experiment_opens_on_training_and_the_run_describes_itself(finished_run):
+    client, run = finished_run
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = run.data.tags["mlflow.note.content"]
+    assert f"**Test accuracy {run.data.metrics['test_accuracy']:.4f}**" in note
+    assert "200 images in 10 classes" in note
+    assert f"{EPOCHS} epochs, `AdamW`" in note
+    sections = {name.split("/")[0] for name in run.data.metrics if "/" in name}
+    assert sections == {"system", "test_per_class"}
+
+
 def test_evaluate_reruns_on_the_saved_model_and_logs_the_same_test_metrics(
     project, small_digits
 ):
