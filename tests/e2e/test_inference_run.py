@@ -6,10 +6,8 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import kedro, latest_run, latest_version
-from tests.faults.conftest import START_TIMEOUT_S, answers, free_port
+from tests.servers import free_port, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -114,22 +112,10 @@ def test_mlflow_models_predict_cli_on_raw_image_paths(project, pipeline_output, 
 def test_served_champion_labels_a_base64_png_posted_to_invocations(project, test_table,
                                                                     tmp_path):
     """What a REST client does: the file's bytes, base64-encoded, in a JSON body."""
-    port = free_port()
-    log = tmp_path / "serve.log"
-    server = subprocess.Popen(
-        [MLFLOW, "models", "serve", "-m", "models:/kedro_torch@champion", "--env-manager",
-         "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=project, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        # It starts `uvicorn` from PATH, as in an activated environment.
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-             "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}"},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not answers(url, "/ping"):
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+    command = [MLFLOW, "models", "serve", "-m", "models:/kedro_torch@champion", "--env-manager",
+               "local", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"]
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    with serving(command, project, tmp_path / "serve.log", "/ping", free_port(), store) as url:
         images = [base64.b64encode(Path(path).read_bytes()).decode("ascii")
                   for path in test_table["path"].head(3)]
         body = {"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}}
@@ -137,10 +123,6 @@ def test_served_champion_labels_a_base64_png_posted_to_invocations(project, test
                                          {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             rows = json.loads(response.read())["predictions"]
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
     champion = mlflow.pyfunc.load_model("models:/kedro_torch@champion")
     expected = champion.predict(pd.DataFrame({"path": test_table["path"].head(3)}))
     assert [str(row["label"]) for row in rows] == expected["label"].astype(str).tolist()

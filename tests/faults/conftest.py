@@ -66,9 +66,9 @@ def mlflow_server(tmp_path_factory) -> str:
             server.wait()
 
 
-def answers(uri: str, route: str = "/health") -> bool:
+def answers(uri: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{uri}{route}", timeout=2):
+        with urllib.request.urlopen(f"{uri}/health", timeout=2):
             return True
     except OSError:
         return False
