@@ -62,7 +62,9 @@ def test_kedro_viz_draws_the_training_stages_and_the_last_run(browser, finished_
         notice = page.locator(".run-status-notification")
         notice.wait_for(timeout=TIMEOUT_MS)
         outcome = notice.inner_text()
-        succeeded = page.locator(".pipeline-node--task.pipeline-node--status-success").count()
+        succeeded = page.locator(".pipeline-node--task.pipeline-node--status-success")
+        succeeded.nth(len(STAGES) - 1).wait_for(timeout=TIMEOUT_MS)  # the graph is drawn
+        succeeded = succeeded.count()
         page.screenshot(path=tmp_path / "kedro_viz_workflow.png")
     shown = {name.strip().lower().replace(" ", "_") for name in names}
     assert set(STAGES) <= shown, sorted(shown)
