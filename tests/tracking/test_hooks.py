@@ -27,6 +27,7 @@ from kedro_torch.tracking import mlflow_hook, store
 from kedro_torch.tracking.hooks import InterruptedRunHook, MlflowHookForwarder, MlflowRunHook
 from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
 from kedro_torch.tracking.runs import device_tags, git_state, run_name
+from kedro_torch.tracking.summary_hook import RunSummaryHook
 
 
 def test_run_name_from_model_optimizer_learning_rate_epochs_and_suffix():
@@ -150,10 +151,11 @@ def test_kedro_mlflows_hook_keeps_the_place_of_the_plugins_own(hook_manager):
     process end with the signal's status."""
     assert called_in_order(hook_manager, "before_pipeline_run") == [
         ParameterValidationHook, InterruptionHook, MlflowHookForwarder, GarbageCollectionHook,
-        MlflowRunHook, InterruptedRunHook,
+        RunSummaryHook, MlflowRunHook, InterruptedRunHook,
     ]
+    # The summary comes last, once kedro-mlflow has closed the run.
     assert called_in_order(hook_manager, "after_pipeline_run") == [
-        MlflowRunHook, InterruptionHook, MlflowHookForwarder,
+        MlflowRunHook, InterruptionHook, MlflowHookForwarder, RunSummaryHook,
     ]
     assert called_in_order(hook_manager, "on_pipeline_error") == [
         MlflowRunHook, MlflowHookForwarder, InterruptedRunHook, InterruptionHook,
