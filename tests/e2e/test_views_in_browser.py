@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import KEDRO, kedro
+from tests.e2e.conftest import KEDRO, copy_project, kedro
 from tests.servers import free_port, free_port_below_49152, serving
 
 pytestmark = pytest.mark.e2e
@@ -40,9 +40,10 @@ def browser():
         chromium.close()
 
 
-def test_kedro_viz_draws_the_training_stages_and_the_last_run(browser, finished_run, project,
-                                                             small_digits, tmp_path):
-    # kedro-viz's hooks record runs of whole pipelines from the command line (in .viz/).
+def test_kedro_viz_draws_the_training_stages_and_the_last_run(browser, small_digits, tmp_path):
+    # A project of its own, with a run from the command line: kedro-viz's hooks record
+    # such runs of whole pipelines (in .viz/) for its workflow view.
+    project = copy_project(tmp_path / "project")
     trained = kedro(project, "run", "--pipelines", "training", "--params",
                     f"raw_images_path={small_digits},training.epochs=1,"
                     "training.progress_bar=false")
