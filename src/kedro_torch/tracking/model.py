@@ -6,7 +6,9 @@ The model is a ``mlflow.pyfunc.PythonModel`` whose artifacts are the weights
 :class:`~kedro_torch.pytorch.inference.ModelSpec`. It is logged as code (MLflow's "models
 from code", :mod:`kedro_torch.tracking.model_code`), not pickled, and the
 ``kedro_torch`` package travels with it, so a caller needs nothing but the
-environment the model declares.
+environment the model declares. Its signature (a ``path`` or an ``image`` per row)
+and input example let ``mlflow models serve`` take the bytes of image files, which a
+REST client sends base64-encoded, and show the model's inputs and outputs in the UI.
 """
 
 from __future__ import annotations
