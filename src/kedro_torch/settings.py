@@ -1,5 +1,6 @@
-"""Project settings: hooks and configuration loading."""
+"""Project settings: hooks, configuration loading and what the console shows."""
 
+from kedro_torch.console import quiet_console
 from kedro_torch.hooks import (
     GarbageCollectionHook,
     InterruptionHook,
@@ -12,8 +13,10 @@ from kedro_torch.tracking.hooks import (
     MlflowHookForwarder,
     MlflowRunHook,
 )
+from kedro_torch.tracking.summary_hook import RunSummaryHook
 
 collect_rarely_during_start_up()
+quiet_console()  # for sessions started from Python; the CLI did it already
 
 # kedro-mlflow's hook is registered here, as a subclass that logs parameters in
 # batches (reached through MlflowHookForwarder, which builds it on the first call),
@@ -21,6 +24,7 @@ collect_rarely_during_start_up()
 # it keeps the place the plugin's had: ahead of the project's own.
 HOOKS = (
     ParameterValidationHook(),
+    RunSummaryHook(),
     MlflowArtifactHook(),
     MlflowRunHook(),
     GarbageCollectionHook(),

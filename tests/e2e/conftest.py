@@ -23,8 +23,14 @@ EPOCHS = 6  # of the shared training run
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+    return copy_project(tmp_path_factory.mktemp("project"))
+
+
+def copy_project(root: Path) -> Path:
+    """The project's configuration in ``root``, with empty data and no MLflow store."""
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+    shutil.copy(PROJECT_ROOT / ".telemetry", root)
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     (root / "src").mkdir()  # Kedro wants the source folder; the package is installed

@@ -1,12 +1,14 @@
 """Predicting a folder of raw images: with `kedro run --pipelines inference`, and with
-the MLflow model the training run logged (in this process and through the
-`mlflow models predict` CLI)."""
+the MLflow model the training run logged (in this process, through the
+`mlflow models predict` CLI and over HTTP from `mlflow models serve`)."""
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -15,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import kedro, latest_run, latest_version
+from tests.servers import free_port, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +82,7 @@ def test_mlflow_model_gives_the_pipeline_labels_for_the_same_paths(project, pipe
     _, predictions, _ = pipeline_output
     _, run = latest_run(project)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    result = model.predict(predictions["path"].tolist())
+    result = model.predict(pd.DataFrame({"path": predictions["path"]}))
     assert result["path"].tolist() == predictions["path"].tolist()
     assert result["label"].astype(str).tolist() == predictions["label"].astype(str).tolist()
     assert result["probability"].tolist() == pytest.approx(predictions["probability"].tolist(),
@@ -104,3 +107,25 @@ def test_mlflow_models_predict_cli_on_raw_image_paths(project, pipeline_output, 
     rows = json.loads(output.read_text())["predictions"]
     assert [str(row["label"]) for row in rows[:-1]] == predictions["label"].astype(str).tolist()
     assert rows[-1]["error"] == "not an image file PIL can decode"
+
+
+def test_served_champion_labels_a_base64_png_posted_to_invocations(project, test_table,
+                                                                    tmp_path):
+    """What a REST client does: the file's bytes, base64-encoded, in a JSON body."""
+    command = [MLFLOW, "models", "serve", "-m", "models:/kedro_torch@champion", "--env-manager",
+               "local", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"]
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    with serving(command, project, tmp_path / "serve.log", "/ping", free_port(), store) as url:
+        images = [base64.b64encode(Path(path).read_bytes()).decode("ascii")
+                  for path in test_table["path"].head(3)]
+        body = {"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}}
+        request = urllib.request.Request(f"{url}/invocations", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            rows = json.loads(response.read())["predictions"]
+    champion = mlflow.pyfunc.load_model("models:/kedro_torch@champion")
+    expected = champion.predict(pd.DataFrame({"path": test_table["path"].head(3)}))
+    assert [str(row["label"]) for row in rows] == expected["label"].astype(str).tolist()
+    assert [row["probability"] for row in rows] == pytest.approx(
+        expected["probability"].tolist(), abs=1e-6)
+    assert all(row["path"] is None and row["error"] is None for row in rows)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.e2e.conftest import EPOCHS, kedro, latest_run, run_pipeline
+from tests.tracking.test_model import png_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,8 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
     client, run = finished_run
     metrics = run.data.metrics
     assert 0.5 < metrics["test_accuracy"] <= 1.0
-    assert {"test_precision_0", "test_recall_9", "test_f1_5"} <= set(metrics)
+    assert {"test_per_class/precision_0", "test_per_class/recall_9",
+            "test_per_class/f1_5"} <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.png", "learning_curve.png", "evaluation_report.json",
             "label_map.json", "training_history.csv", "reliability_diagram.png",
@@ -50,9 +52,9 @@ def test_test_metrics_and_artifacts_are_logged(finished_run, project):
 def test_logged_model_predicts_raw_images_of_any_batch_size(finished_run, batch):
     _, run = finished_run
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    # Raw pixels of any size: the model resizes and normalizes as in training.
-    images = np.random.default_rng(0).integers(0, 256, size=(batch, 8, 8), dtype=np.uint8)
-    predictions = model.predict(images)
+    # PNG files of any size: the model resizes and normalizes as in training.
+    pixels = np.random.default_rng(0).integers(0, 256, size=(batch, 11, 11), dtype=np.uint8)
+    predictions = model.predict(pd.DataFrame({"image": [png_bytes(p) for p in pixels]}))
     assert len(predictions) == batch
     assert set(predictions["label"]) <= {str(d) for d in range(10)}
     assert predictions["probability"].between(0, 1).all()
@@ -61,7 +63,7 @@ def test_logged_model_predicts_raw_images_of_any_batch_size(finished_run, batch)
 
 def test_run_is_named_after_its_parameters_and_tagged(finished_run):
     _, run = finished_run
-    assert run.info.run_name == "small_cnn-AdamW-lr0.003"
+    assert run.info.run_name == f"small_cnn-AdamW-lr0.003-{EPOCHS}ep-{run.info.run_id[:6]}"
     tags = run.data.tags
     # The test project is a copy outside any git repository.
     assert tags["git_commit"] == tags["git_dirty"] == "unknown"
@@ -103,6 +105,28 @@ def test_model_is_registered_with_the_champion_alias(finished_run):
     (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     assert version.name == "kedro_torch"
     assert "champion" in client.get_registered_model("kedro_torch").aliases
+
+
+def test_registered_model_has_a_signature_and_an_input_example(finished_run):
+    client, run = finished_run
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    info = mlflow.models.get_model_info(f"models:/kedro_torch/{version.version}")
+    assert info.signature.inputs.input_names() == ["path", "image"]
+    assert {"label", "probability", "top3_label", "error"} <= set(
+        info.signature.outputs.input_names())
+    assert info.saved_input_example_info["type"] == "dataframe"
+
+
+def test_experiment_opens_on_training_and_the_run_describes_itself(finished_run):
+    client, run = finished_run
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = run.data.tags["mlflow.note.content"]
+    assert f"**Test accuracy {run.data.metrics['test_accuracy']:.4f}**" in note
+    assert "200 images in 10 classes" in note
+    assert f"{EPOCHS} epochs, `AdamW`" in note
+    sections = {name.split("/")[0] for name in run.data.metrics if "/" in name}
+    assert sections == {"system", "test_per_class"}
 
 
 def test_evaluate_reruns_on_the_saved_model_and_logs_the_same_test_metrics(
@@ -167,7 +191,7 @@ def test_champion_stays_on_the_good_run_when_a_weak_run_finishes_second(
         "mlflow": {"system_metrics_interval": None},
     })
     _, weak = latest_run(project)
-    assert weak.info.run_name == "small_cnn-AdamW-lr1e-06"
+    assert weak.info.run_name == f"small_cnn-AdamW-lr1e-06-1ep-{weak.info.run_id[:6]}"
     assert weak.data.metrics["test_accuracy"] < champion_accuracy
     (weak_version,) = client.search_model_versions(f"run_id = '{weak.info.run_id}'")
     assert int(weak_version.version) > int(champion.version)

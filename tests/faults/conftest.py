@@ -1,29 +1,16 @@
 """A real MLflow tracking server for the tests of what happens when tracking goes
 over HTTP and when the server is not there, and a project copy that tracks to it."""
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 # The same throw-away project copy as the end-to-end tests', one of its own for these.
 from tests.e2e.conftest import project  # noqa: F401
+from tests.servers import free_port, start, stop
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-START_TIMEOUT_S = 120  # a 2-core machine busy with other tests can take a while
-
-
-def free_port() -> int:
-    """A port nothing listens on (the system's pick, released at once)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def write_mlflow_yml(root: Path, env: str, tracking_uri: str) -> None:
@@ -46,43 +33,17 @@ def mlflow_server(tmp_path_factory) -> str:
         stop_mlflow_server(server)
 
 
-def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+def start_mlflow_server(folder: Path, port: int):
     """``mlflow server`` on ``port``, its store and artifacts in ``folder`` (a server
     started again on the same folder and port is the same server, back); once it answers."""
-    uri = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
+    return start(
         [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=(folder / "server.log").open("a"), stderr=subprocess.STDOUT,
+         "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"],
+        folder, folder / "server.log", "/health", port,
         # Its job runner would start a dozen worker processes these tests never use.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        start_new_session=True,  # its own process group: stopping it stops its workers
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not answers(uri):
-        if server.poll() is not None or time.monotonic() > deadline:
-            stop_mlflow_server(server)
-            pytest.fail(f"mlflow server did not start:\n{(folder / 'server.log').read_text()}")
-        time.sleep(0.2)
-    return server
 
 
-def stop_mlflow_server(server: subprocess.Popen) -> None:
-    """Stop the server and its workers; SIGKILL if they do not go within 20 s."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def answers(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2):
-            return True
-    except OSError:
-        return False
+stop_mlflow_server = stop

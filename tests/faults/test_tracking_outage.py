@@ -13,12 +13,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e.conftest import KEDRO
-from tests.faults.conftest import (
-    free_port,
-    start_mlflow_server,
-    stop_mlflow_server,
-    write_mlflow_yml,
-)
+from tests.faults.conftest import start_mlflow_server, stop_mlflow_server, write_mlflow_yml
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from tests.e2e.conftest import kedro
-from tests.faults.conftest import free_port, write_mlflow_yml
+from tests.faults.conftest import write_mlflow_yml
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 

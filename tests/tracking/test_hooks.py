@@ -27,15 +27,16 @@ from kedro_torch.tracking import mlflow_hook, store
 from kedro_torch.tracking.hooks import InterruptedRunHook, MlflowHookForwarder, MlflowRunHook
 from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
 from kedro_torch.tracking.runs import device_tags, git_state, run_name
+from kedro_torch.tracking.summary_hook import RunSummaryHook
 
 
-def test_run_name_from_model_optimizer_and_learning_rate():
+def test_run_name_from_model_optimizer_learning_rate_epochs_and_suffix():
     parameters = {"model": {"name": "resnet18"},
-                  "training": {"optimizer": {"name": "SGD", "kwargs": {"lr": 0.1}}}}
-    assert run_name(parameters) == "resnet18-SGD-lr0.1"
-    assert run_name({}) == "small_cnn-AdamW-lr0.003"  # the defaults
+                  "training": {"epochs": 3, "optimizer": {"name": "SGD", "kwargs": {"lr": 0.1}}}}
+    assert run_name(parameters, "1dca7a") == "resnet18-SGD-lr0.1-3ep-1dca7a"
+    assert run_name({}) == "small_cnn-AdamW-lr0.003-10ep"  # the defaults
     no_lr = {"training": {"optimizer": {"name": "Adam", "kwargs": {}}}}
-    assert run_name(no_lr) == "small_cnn-Adam"
+    assert run_name(no_lr) == "small_cnn-Adam-10ep"
 
 
 def test_git_state_outside_a_repository_is_unknown(tmp_path):
@@ -150,10 +151,11 @@ def test_kedro_mlflows_hook_keeps_the_place_of_the_plugins_own(hook_manager):
     process end with the signal's status."""
     assert called_in_order(hook_manager, "before_pipeline_run") == [
         ParameterValidationHook, InterruptionHook, MlflowHookForwarder, GarbageCollectionHook,
-        MlflowRunHook, InterruptedRunHook,
+        RunSummaryHook, MlflowRunHook, InterruptedRunHook,
     ]
+    # The summary comes last, once kedro-mlflow has closed the run.
     assert called_in_order(hook_manager, "after_pipeline_run") == [
-        MlflowRunHook, InterruptionHook, MlflowHookForwarder,
+        MlflowRunHook, InterruptionHook, MlflowHookForwarder, RunSummaryHook,
     ]
     assert called_in_order(hook_manager, "on_pipeline_error") == [
         MlflowRunHook, MlflowHookForwarder, InterruptedRunHook, InterruptionHook,

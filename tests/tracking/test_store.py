@@ -17,7 +17,7 @@ from kedro_torch.tracking import store
 from kedro_torch.tracking.hooks import MlflowHookForwarder
 from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
 from kedro_torch.tracking.store import TrackingServerUnreachable, check_tracking_server, unreachable
-from tests.faults.conftest import free_port
+from tests.servers import free_port
 
 
 @pytest.fixture

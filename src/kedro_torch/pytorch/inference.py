@@ -107,9 +107,11 @@ class ModelSpec:
 
         return prepare
 
-    def decode(self, path: str) -> np.ndarray:
-        """An image file as training decodes it (see :func:`images.decode`)."""
-        return images.decode(images.read_bytes(path), self.decode_size, self.channels)[0]
+    def decode(self, file: str | bytes) -> np.ndarray:
+        """An image file, its path or its bytes, as training decodes it (see
+        :func:`images.decode`)."""
+        data = file if isinstance(file, bytes) else images.read_bytes(file)
+        return images.decode(data, self.decode_size, self.channels)[0]
 
     def decode_image(self, image: Image.Image) -> np.ndarray:
         """An image in memory, turned the way its file would have been."""
@@ -206,15 +208,18 @@ class ImageClassifier:
         return self.predict_images([image_from_array(pixels) for pixels in arrays], top_k,
                                    batch_size)
 
-    def predict_paths(self, paths: Sequence[str], top_k: int, batch_size: int = 64
+    def predict_paths(self, paths: Sequence[str | bytes], top_k: int, batch_size: int = 64
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Predictions for the files that decode, and a table of those that do not.
 
-        Both tables are indexed by the path's position in ``paths``, so a caller
+        A file is given by its path or, when the caller has no path to share (a
+        client of a model server), by its bytes; the ``path`` column is then empty.
+        Both tables are indexed by the file's position in ``paths``, so a caller
         can put them back in input order. A broken file is reported, never fatal.
         Files are decoded one batch at a time, so memory does not grow with the
         number of files.
         """
+        named = [None if isinstance(path, bytes) else path for path in paths]
         tables, failures = [], []
         for start in range(0, len(paths), batch_size):
             decoded, positions = [], []
@@ -223,19 +228,19 @@ class ImageClassifier:
                     decoded.append(self.spec.decode(paths[position]))
                     positions.append(position)
                 except Image.UnidentifiedImageError:
-                    failures.append((position, paths[position],
+                    failures.append((position, named[position],
                                      "not an image file PIL can decode"))
                 except (OSError, ValueError, Image.DecompressionBombError) as error:
-                    failures.append((position, paths[position],
+                    failures.append((position, named[position],
                                      f"{type(error).__name__}: {error}"))
             if decoded:
                 table = self.predict_decoded(decoded, top_k, batch_size)
                 table.index = pd.Index(positions, name="position")
                 tables.append(table)
-        for _, path, error in failures:
-            logger.warning("Could not read %s: %s", path, error)
+        for position, path, error in failures:
+            logger.warning("Could not read %s: %s", path or f"image {position}", error)
         predictions = pd.concat(tables) if tables else self.predict_decoded([], top_k)
-        predictions.insert(0, "path", [paths[i] for i in predictions.index])
+        predictions.insert(0, "path", [named[i] for i in predictions.index])
         failed = pd.DataFrame(failures, columns=["position", "path", "error"])
         return predictions, failed.set_index("position")
 

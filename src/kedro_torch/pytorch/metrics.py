@@ -116,7 +116,9 @@ def gallery_indices(
 def flat_test_metrics(report: dict) -> dict[str, float]:
     """A classification report's numbers under the names MLflow shows and runs are
     compared by: ``test_accuracy``, ``test_top<k>_accuracy``, ``test_ece``, ...,
-    ``test_f1_<class>``."""
+    ``test_per_class/f1_<class>``. MLflow's charts group names by what comes before a
+    ``/``: the per-class scores, three per class, get a section of their own, after
+    the curves and the summary figures."""
     flat = {
         "test_accuracy": report["accuracy"],
         f"test_top{report['top_k']}_accuracy": report["top_k_accuracy"],
@@ -128,5 +130,5 @@ def flat_test_metrics(report: dict) -> dict[str, float]:
             flat[f"test_{average.removesuffix('_avg')}_{score}"] = value
     for name, scores in report["per_class"].items():
         for score in ("precision", "recall", "f1"):
-            flat[f"test_{score}_{name}"] = scores[score]
+            flat[f"test_per_class/{score}_{name}"] = scores[score]
     return flat

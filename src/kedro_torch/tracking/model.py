@@ -6,25 +6,30 @@ The model is a ``mlflow.pyfunc.PythonModel`` whose artifacts are the weights
 :class:`~kedro_torch.pytorch.inference.ModelSpec`. It is logged as code (MLflow's "models
 from code", :mod:`kedro_torch.tracking.model_code`), not pickled, and the
 ``kedro_torch`` package travels with it, so a caller needs nothing but the
-environment the model declares.
+environment the model declares. Its signature (a ``path`` or an ``image`` per row)
+and input example let ``mlflow models serve`` take the bytes of image files, which a
+REST client sends base64-encoded, and show the model's inputs and outputs in the UI.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 from mlflow import MlflowClient
+from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, DataType, Schema
+from PIL import Image
 
 from kedro_torch.pytorch.checkpoints import load_weights, state_dict_from
 from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec
@@ -36,19 +41,14 @@ REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "pandas", "numpy", "
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
-    """``predict`` takes image paths or uint8 pixel arrays; returns one row per input.
+    """``predict`` takes a table of images, one per row, each as a ``path`` (any fsspec
+    URL, read where the model runs) or an ``image`` (the file's bytes; base64 in a
+    JSON request to ``mlflow models serve``, which decodes it by the signature).
 
-    Accepted inputs: a list, a pandas Series, a DataFrame (its ``path`` or ``image``
-    column, else its first), or a numpy array: of strings (paths, any fsspec URL)
-    or of pixels, shaped (N, H, W) or (N, H, W, C). Columns: ``label`` and
-    ``probability`` of the best class, ``top1_label`` ... ``topK_probability``; for
-    paths also ``path`` and ``error`` (why a file could not be read; such a row
-    has no label).
+    Returns one row per input, in input order: ``path`` (empty for bytes), ``label``
+    and ``probability`` of the best class, ``top1_label`` ... ``topK_probability``
+    and ``error`` (why a file could not be read; such a row has no label).
     """
-
-    # Paths or pixel arrays in many containers: no type hint MLflow can validate
-    # covers them, so opt out of its type-hint validation (as MLflow's own models do).
-    _skip_type_hint_validation = True
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         artifacts = context.artifacts
@@ -60,33 +60,57 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         self._top_k = int(context.model_config["top_k"])
         self._batch_size = int(context.model_config["batch_size"])
 
-    def predict(self, context, model_input, params=None):  # untyped: see above
-        inputs = as_input_list(model_input)
-        if inputs and all(isinstance(item, str) for item in inputs):
-            predictions, failures = self._classifier.predict_paths(
-                inputs, self._top_k, self._batch_size
-            )
-            predictions["error"] = None
-            return pd.concat([predictions, failures]).sort_index().reset_index(drop=True)
-        return self._classifier.predict_arrays(inputs, self._top_k, self._batch_size)
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        files = image_files(model_input)  # MLflow has checked it against the signature
+        predictions, failures = self._classifier.predict_paths(
+            files, self._top_k, self._batch_size
+        )
+        predictions["error"] = None
+        table = pd.concat([predictions, failures]) if len(failures) else predictions
+        return table.sort_index().reset_index(drop=True)
 
 
-def as_input_list(model_input: Any) -> list:
-    """Paths or pixel arrays as a plain list, whatever container they came in."""
-    if isinstance(model_input, pd.DataFrame):
-        column = next((c for c in ("path", "image") if c in model_input), model_input.columns[0])
-        return model_input[column].tolist()
-    if isinstance(model_input, pd.Series):
-        return model_input.tolist()
-    if isinstance(model_input, np.ndarray):
-        if model_input.dtype.kind in "US":
-            return [str(item) for item in model_input.ravel()]
-        if model_input.dtype.kind == "O":
-            return list(model_input.ravel())
-        return list(model_input) if model_input.ndim >= 3 else [model_input]
-    if isinstance(model_input, str):
-        return [model_input]
-    return list(model_input)
+def image_files(table: pd.DataFrame) -> list[str | bytes]:
+    """One file per row: its ``image`` bytes where given, else its ``path``.
+
+    A row with neither is passed on as an empty path, which becomes that row's error.
+    """
+    if "path" not in table and "image" not in table:
+        raise ValueError(
+            "The model takes a table with a 'path' column (image paths or URLs) or an "
+            f"'image' column (the files' bytes); got columns {list(table.columns)}"
+        )
+    missing = pd.Series([None] * len(table), index=table.index, dtype=object)
+    images, paths = table.get("image", missing), table.get("path", missing)
+    return [bytes(image) if isinstance(image, (bytes, bytearray)) else
+            path if isinstance(path, str) else ""
+            for image, path in zip(images, paths, strict=True)]
+
+
+def signature(classes: int, top_k: int) -> ModelSignature:
+    """Inputs: ``path`` (string) or ``image`` (binary) per row; outputs as ``predict``'s.
+
+    Declared rather than inferred, so the model server knows to base64-decode
+    ``image`` and the MLflow UI shows the inputs and outputs.
+    """
+    outputs = [ColSpec(DataType.string, "path", required=False),
+               ColSpec(DataType.string, "label", required=False),
+               ColSpec(DataType.double, "probability", required=False)]
+    for rank in range(1, min(top_k, classes) + 1):
+        outputs += [ColSpec(DataType.string, f"top{rank}_label", required=False),
+                    ColSpec(DataType.double, f"top{rank}_probability", required=False)]
+    outputs.append(ColSpec(DataType.string, "error", required=False))
+    inputs = Schema([ColSpec(DataType.string, "path", required=False),
+                     ColSpec(DataType.binary, "image", required=False)])
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+
+
+def input_example(spec: ModelSpec) -> pd.DataFrame:
+    """A blank PNG of the model's input size, as the ``image`` column carries it."""
+    mode = "L" if spec.channels == 1 else "RGB"
+    buffer = io.BytesIO()
+    Image.new(mode, (spec.image_size, spec.image_size), "gray").save(buffer, format="PNG")
+    return pd.DataFrame({"image": [buffer.getvalue()]})
 
 
 def log_image_classifier(
@@ -101,8 +125,11 @@ def log_image_classifier(
     """Log the pyfunc model to the active run; register it when a name is given.
 
     pip requirements are given, not inferred: inferring them imports the model
-    in a subprocess, which takes longer than the whole evaluation.
+    in a subprocess, which takes longer than the whole evaluation. MLflow draws a
+    progress bar for each of the model's small files it reads back; a user's own
+    setting of ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is kept.
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as folder:
         artifacts = {
             "state_dict": Path(folder, "state_dict.pt"),
@@ -119,6 +146,8 @@ def log_image_classifier(
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
             model_config={"top_k": top_k, "batch_size": batch_size},
+            signature=signature(len(label_map), top_k),
+            input_example=input_example(spec),
             registered_model_name=registered_model_name,
         )
 

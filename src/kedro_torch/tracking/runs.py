@@ -42,8 +42,10 @@ def describe_run(
         return None
     parameters = catalog.load("parameters")
     mlflow_config = getattr(context, "mlflow", None)
+    client = MlflowClient()
     if mlflow_config is None or mlflow_config.tracking.run.name is None:
-        MlflowClient().update_run(run.info.run_id, name=run_name(parameters))
+        client.update_run(run.info.run_id, name=run_name(parameters, run.info.run_id[:6]))
+    mark_experiment_kind(client, run.info.experiment_id)
     commit, dirty = git_state(Path(run_params["project_path"]))
     pipelines = run_params.get("pipeline_names") or ["__default__"]
     tags = {
@@ -103,14 +105,31 @@ def log_dataset_input(name: str, table: pd.DataFrame, source: str) -> None:
         mlflow.log_input(dataset, context="training")
 
 
-def run_name(parameters: dict[str, Any]) -> str:
-    """``<model>-<optimizer>-lr<lr>``, from the parameters that differ most between runs."""
+def run_name(parameters: dict[str, Any], suffix: str = "") -> str:
+    """``<model>-<optimizer>-lr<lr>-<epochs>ep-<suffix>``: the parameters that differ most
+    between runs, then ``suffix`` (the start of the run id), which tells apart runs
+    that differ elsewhere (a seed, the data) in the runs table."""
     model = parse(ModelConfig, parameters.get("model"), "model")
-    optimizer = parse(TrainingConfig, parameters.get("training"), "training").optimizer
-    parts = [model.name, optimizer.name]
-    if "lr" in optimizer.kwargs:
-        parts.append(f"lr{optimizer.kwargs['lr']}")
+    training = parse(TrainingConfig, parameters.get("training"), "training")
+    parts = [model.name, training.optimizer.name]
+    if "lr" in training.optimizer.kwargs:
+        parts.append(f"lr{training.optimizer.kwargs['lr']}")
+    parts.append(f"{training.epochs}ep")
+    if suffix:
+        parts.append(suffix)
     return "-".join(str(part) for part in parts)
+
+
+# The MLflow UI opens an experiment without this tag on its GenAI overview (traces,
+# token usage); with it, on the table of training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_experiment_kind(client: MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment as one of model training, unless it already says what it is."""
+    key, value = EXPERIMENT_KIND
+    if key not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, key, value)
 
 
 def git_state(project_path: Path) -> tuple[str, str]:

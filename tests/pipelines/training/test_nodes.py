@@ -244,7 +244,8 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     assert sum(c["support"] for c in report["per_class"].values()) == test_size
     metrics = catalog.load("test_metrics")
     assert metrics["test_accuracy"] == {"value": report["accuracy"], "step": 0}
-    assert {"test_precision_3", "test_recall_3", "test_f1_3"} <= set(metrics)
+    assert {"test_per_class/precision_3", "test_per_class/recall_3",
+            "test_per_class/f1_3"} <= set(metrics)
     assert report["top_k"] == 2
     assert report["accuracy"] <= report["top_k_accuracy"] <= 1
     assert 0 <= report["calibration"]["ece"] <= 1

@@ -1,0 +1,139 @@
+"""What a finished run tells its reader: a Markdown description on the MLflow run (its
+``mlflow.note.content``, shown on the run's page) and a few lines at the end of the
+console output saying how good the model is and where everything went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from kedro.framework.context import KedroContext
+from kedro.io import AbstractVersionedDataset, DataCatalog
+from kedro.pipeline import Pipeline
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from kedro_torch.pytorch.config import DataConfig, ModelConfig, TrainingConfig, parse
+
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def describe_outcome(
+    run_id: str,
+    context: KedroContext,
+    run_params: dict[str, Any],
+    pipeline: Pipeline,
+    catalog: DataCatalog,
+) -> str:
+    """Write the run's description and return the console summary.
+
+    Both are written when the pipeline has finished: the description holds the
+    result, and the data's counts are known only once its files were checked.
+    """
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    parameters = context.params
+    # Loaded from the datasets, not through the catalog, which would log each load.
+    outputs = pipeline.all_outputs()
+    quality = (catalog.get("data_quality_report").load()
+               if "data_quality_report" in outputs else None)
+    note = run_note(parameters, run.data.metrics, quality, input_location(catalog, parameters))
+    client.set_tag(run_id, "mlflow.note.content", note)
+    return console_summary(client, run, context, run_params, pipeline, catalog)
+
+
+def run_note(parameters: dict[str, Any], metrics: dict[str, float],
+             quality: dict[str, Any] | None, source: str | None) -> str:
+    """The run in a few Markdown lines: data, model, main parameters, result."""
+    data = parse(DataConfig, parameters.get("data"), "data")
+    model = parse(ModelConfig, parameters.get("model"), "model")
+    training = parse(TrainingConfig, parameters.get("training"), "training")
+    lines = []
+    if "test_accuracy" in metrics:
+        result = f"**Test accuracy {metrics['test_accuracy']:.4f}**"
+        extras = [f"{name.removeprefix('test_').replace('_', ' ')} {value:.4f}"
+                  for name, value in sorted(metrics.items())
+                  if name.startswith("test_top") or name == "test_ece"]
+        if "val_accuracy" in metrics:
+            extras.append(f"last val accuracy {metrics['val_accuracy']:.4f}")
+        lines += [result + (f" ({', '.join(extras)})" if extras else ""), ""]
+    if quality is not None:
+        splits = " / ".join(f"{n} {s}" for s, n in quality["images_per_split"].items())
+        lines.append(f"- **Data:** {quality['images_used']} images in "
+                     f"{len(quality['images_per_class'])} classes"
+                     + (f" from `{source}`" if source else "") + f" ({splits}); "
+                     f"{len(quality['bad_files'])} unreadable files set aside")
+    channels = "grey" if data.channels == 1 else "RGB"
+    lines.append(f"- **Input:** {data.image_size}x{data.image_size} px, {channels}, "
+                 f"batch size {data.batch_size}")
+    kwargs = ", ".join(f"{key}={value}" for key, value in model.kwargs.items())
+    pretrained = f", from `{model.pretrained_path}`" if model.pretrained_path else ""
+    lines.append(f"- **Model:** `{model.name}`" + (f" ({kwargs})" if kwargs else "")
+                 + pretrained)
+    optimizer = training.optimizer
+    settings = ", ".join(f"{key}={value}" for key, value in optimizer.kwargs.items())
+    scheduler = training.scheduler.name or "no scheduler"
+    lines.append(f"- **Training:** {training.epochs} epochs, `{optimizer.name}` ({settings}), "
+                 f"`{scheduler}`, `{training.loss.name}`, seed {training.seed}, "
+                 f"precision {training.precision}")
+    return "\n".join(lines)
+
+
+def input_location(catalog: DataCatalog, parameters: dict[str, Any]) -> str | None:
+    """Where the images were read from: the folder, or the table (``data.source``)."""
+    data = parse(DataConfig, parameters.get("data"), "data")
+    entry = "raw_manifest" if data.source == "manifest" else "raw_images"
+    if entry not in catalog:
+        return None
+    described = catalog[entry]._describe()
+    location = described.get("path") or described.get("filepath")
+    return str(location) if location else None
+
+
+def console_summary(client: MlflowClient, run: Run, context: KedroContext,
+                    run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+                    ) -> str:
+    """Test accuracy, the run's name and id, how to open it, where its files are."""
+    info = run.info
+    lines = [f"Run {info.run_name} finished: MLflow run {info.run_id}"]
+    if "test_accuracy" in run.data.metrics:
+        lines.append(f"  test accuracy  {run.data.metrics['test_accuracy']:.4f}")
+    lines.append(f"  see it         {ui_hint(context, info.experiment_id, info.run_id)}")
+    lines.append(f"  artifacts      {info.artifact_uri}")
+    for version in client.search_model_versions(f"run_id = '{info.run_id}'"):
+        champion = client.get_registered_model(version.name).aliases.get("champion")
+        lines.append(f"  model          models:/{version.name}/{version.version} "
+                     f"(models:/{version.name}@champion is version {champion})")
+    folders = saved_folders(pipeline, catalog, Path(run_params.get("project_path") or "."))
+    if folders:
+        lines.append(f"  files          {', '.join(folders)} "
+                     f"(version {run_params.get('run_id')})")
+    return "\n".join(lines)
+
+
+def ui_hint(context: KedroContext, experiment_id: str, run_id: str) -> str:
+    """The command that opens the MLflow UI on this store, and the run's page in it.
+
+    The page asks for the UI's model-training view: MLflow 3.17's UI otherwise shows
+    the GenAI view it last showed, whatever the experiment's kind.
+    """
+    uri = mlflow.get_tracking_uri()
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    ui = getattr(getattr(context, "mlflow", None), "ui", None)
+    host, port = (ui.host, ui.port) if ui is not None else ("127.0.0.1", "5000")
+    return f"kedro mlflow ui (or make ui), then http://{host}:{port}/{page}"
+
+
+def saved_folders(pipeline: Pipeline, catalog: DataCatalog, project: Path) -> list[str]:
+    """The folders of the versioned files this run wrote, relative to the project."""
+    folders = set()
+    for name in pipeline.all_outputs():
+        dataset = catalog.get(name) if name in catalog else None
+        if isinstance(dataset, AbstractVersionedDataset) and dataset._version is not None:
+            folder = Path(str(dataset._filepath)).parent
+            folders.add(str(folder.relative_to(project) if folder.is_relative_to(project)
+                            else folder))
+    return sorted(folders)
