@@ -5,6 +5,7 @@ model all reach the server, and the champion model loads back from it."""
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -56,7 +57,7 @@ def test_the_model_is_registered_and_the_champion_predicts_from_the_server(
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model("models:/kedro_torch@champion")
     images = sorted(str(path) for path in Path(small_digits).glob("*/*.png"))[::40]
-    predictions = model.predict(images)
+    predictions = model.predict(pd.DataFrame({"path": images}))
     assert predictions["path"].tolist() == images
     assert predictions["error"].isna().all()
     assert set(predictions["label"]) <= {str(digit) for digit in range(10)}
