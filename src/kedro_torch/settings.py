@@ -1,6 +1,7 @@
 """Project settings: hooks and configuration loading."""
 
 from kedro_torch.hooks import (
+    DistributedHook,
     GarbageCollectionHook,
     InterruptionHook,
     ParameterValidationHook,
@@ -21,6 +22,7 @@ collect_rarely_during_start_up()
 # it keeps the place the plugin's had: ahead of the project's own.
 HOOKS = (
     ParameterValidationHook(),
+    DistributedHook(),
     MlflowArtifactHook(),
     MlflowRunHook(),
     GarbageCollectionHook(),
