@@ -23,7 +23,11 @@ EPOCHS = 6  # of the shared training run
 
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
+    return project_copy(tmp_path_factory.mktemp("project"))
+
+
+def project_copy(root: Path) -> Path:
+    """The project's configuration in ``root``, with empty data and source folders."""
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()

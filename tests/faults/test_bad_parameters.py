@@ -87,6 +87,14 @@ BAD_PARAMETERS = [
     (["model.unfreeze_at_epoch=2"], "model.unfreeze_at_epoch"),
     (["evaluation.top_k=0"], "evaluation.top_k"),
     (["mlflow.system_metrics_interval=-1"], "mlflow.system_metrics_interval"),
+    # Data parallelism: values out of range, and what this machine cannot run.
+    (["training.strategy=fsdp"], "training.strategy"),
+    (["training.devices=0"], "training.devices"),
+    (["training.devices=many"], "training.devices"),
+    (["training.strategy=single", "training.devices=2"], "training.strategy"),
+    (["training.devices=2", "training.dist_backend=nccl"], "training.dist_backend"),
+    (["training.devices=2", "training.sync_batchnorm=true"], "training.sync_batchnorm"),
+    (["training.dist_timeout=0"], "training.dist_timeout"),
     # Input paths that do not exist, or are not given.
     (["raw_images_path=/nowhere"], "raw_images_path"),
     (["model.pretrained_path=/nowhere.pt"], "model.pretrained_path"),

@@ -219,8 +219,13 @@ def start(training: TrainingConfig, resolved: Plan) -> bool:
 
     if resolved.backend == "nccl":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(resolved.backend,
-                            timeout=datetime.timedelta(seconds=training.dist_timeout))
+    timeout = datetime.timedelta(seconds=training.dist_timeout)
+    store, this_rank, processes = next(dist.rendezvous("env://", timeout=timeout))
+    # torchrun keeps its store across restarts (--max-restarts): without a prefix of
+    # their own, restarted ranks would read the addresses of the processes they replace.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(resolved.backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
+                            rank=this_rank, world_size=processes, timeout=timeout)
     logger.info("Rank %d of %d joined the %s process group", rank(), world_size(),
                 resolved.backend)
     return True
