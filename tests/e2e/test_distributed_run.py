@@ -16,7 +16,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from tests.e2e.conftest import kedro, latest_version, project_copy
+from tests.e2e.conftest import KEDRO, kedro, latest_version, project_copy
 
 pytestmark = pytest.mark.e2e
 
@@ -91,6 +91,13 @@ def test_training_devices_2_trains_what_torchrun_trains(torchrun_job, small_digi
         assert len(list((project / "data" / output).iterdir())) == 2, output
 
 
+def wait_for_a_checkpoint(job: subprocess.Popen, checkpoints: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/step-*.pt")):
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def worker_of_rank(agent: psutil.Process, rank: str) -> psutil.Process | None:
     for child in agent.children(recursive=True):
         try:
@@ -108,10 +115,7 @@ def test_a_killed_worker_is_restarted_and_the_job_resumes(tmp_path_factory, smal
     job = subprocess.Popen([*torchrun(project, "--max-restarts", "1"), params(small_digits)],
                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
-    deadline = time.monotonic() + 300
-    while not list(checkpoints.glob("*/step-*.pt")):
-        assert job.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_a_checkpoint(job, checkpoints)
     victim = worker_of_rank(psutil.Process(job.pid), "1")
     assert victim is not None
     os.kill(victim.pid, signal.SIGKILL)
@@ -123,3 +127,27 @@ def test_a_killed_worker_is_restarted_and_the_job_resumes(tmp_path_factory, smal
     assert resumed.info.status == "FINISHED"
     assert resumed.data.tags["resumed_from_run"] == earlier[-1].info.run_id
     assert len(earlier) == 1  # the attempt the failure ended
+
+
+def test_sigterm_stops_the_workers_of_training_devices_with_a_checkpoint(
+        tmp_path_factory, small_digits, torchrun_job):
+    """The signal reaches the parent only, as a scheduler sends it: the workers stop at
+    the same step, rank 0 checkpoints, and a resume ends where the torchrun job ended."""
+    project = project_copy(tmp_path_factory.mktemp("project"))
+    checkpoints = project / "data" / "06_models" / "checkpoints"
+    job = subprocess.Popen([KEDRO, "run", "--pipelines", "training", "--params",
+                            f"{params(small_digits)},training.devices=2"],
+                           cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    wait_for_a_checkpoint(job, checkpoints)
+    job.send_signal(signal.SIGTERM)
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode == 143, output[-3000:]
+    assert "training stopped by SIGTERM" in output
+    (stopped,) = runs(project)
+    assert stopped.info.status == "KILLED"
+    resumed = kedro(project, "run", "--pipelines", "training", "--params",
+                    f"{params(small_digits)},training.devices=2,training.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stdout + resumed.stderr
+    pd.testing.assert_frame_equal(history(project), history(torchrun_job[0]), atol=1e-6)

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 # What torchrun (and :func:`spawn`) set in every process it starts.
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# The process groups made here beside the default one; ended with it by stop().
+_groups: dict[str, Any] = {}
 
 
 # --- where this process stands ---------------------------------------------------------
@@ -236,6 +238,7 @@ def stop() -> None:
         import torch.distributed as dist  # noqa: PLC0415
 
         dist.destroy_process_group()
+    _groups.clear()  # destroyed with it
 
 
 @contextlib.contextmanager
@@ -296,27 +299,23 @@ def sum_across_ranks(*values: torch.Tensor) -> list[torch.Tensor]:
     return list(stacked.unbind())
 
 
-def agreed_signal(signum: int | None, device: torch.device) -> int | None:
+def agreed_signal(signum: int | None) -> int | None:
     """The signal any rank received, on every rank, so that all stop at the same step
-    (a rank that stopped alone would leave the others waiting in an all-reduce)."""
+    (a rank that stopped alone would leave the others waiting in an all-reduce).
+
+    Asked at every optimizer step, over a Gloo group on the CPU: a round trip of one
+    number that never waits for the GPU."""
     if not is_distributed():
         return signum
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
-    flag = torch.tensor([signum or 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if "cpu" not in _groups:  # every rank gets here at its first step
+        _groups["cpu"] = None if dist.get_backend() == "gloo" else dist.new_group(
+            backend="gloo")
+    flag = torch.tensor([signum or 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_groups["cpu"])
     return int(flag.item()) or None
-
-
-def barrier() -> None:
-    if is_distributed():
-        import torch.distributed as dist  # noqa: PLC0415
-
-        dist.barrier()
-
-
-_machine_groups: dict[str, Any] = {}
 
 
 def once_per_machine(compute: Callable[[], Any]) -> Any:
@@ -331,9 +330,9 @@ def once_per_machine(compute: Callable[[], Any]) -> Any:
         return compute()
     import torch.distributed as dist  # noqa: PLC0415
 
-    if "machine" not in _machine_groups:  # every rank creates every machine's group
-        _machine_groups["machine"], _ = dist.new_subgroups(per_node, backend="gloo")
-    group = _machine_groups["machine"]
+    if "machine" not in _groups:  # every rank creates every machine's group
+        _groups["machine"], _ = dist.new_subgroups(per_node, backend="gloo")
+    group = _groups["machine"]
     box: list[Any] = [None]
     if local_rank() == 0:
         try:

@@ -374,7 +374,7 @@ class Trainer:
                 callback.on_batch_end()
             if step_now and index + 1 < batches and self._stop_signal() is not None:
                 loss_sum, correct_sum, seen_sum = distributed.sum_across_ranks(
-                    total_loss, correct, torch.tensor(seen))
+                    total_loss, correct, torch.tensor(seen, device=self.device))
                 reached = EpochProgress(progress.lr, progress.rng, index + 1,
                                         loss_sum.to(total_loss.dtype).cpu(),
                                         correct_sum.to(correct.dtype).cpu(), int(seen_sum))
@@ -385,7 +385,7 @@ class Trainer:
 
     def _stop_signal(self) -> int | None:
         """The signal that asks training to stop, agreed by every rank."""
-        self._stop.signum = distributed.agreed_signal(self._stop.signum, self.device)
+        self._stop.signum = distributed.agreed_signal(self._stop.signum)
         return self._stop.signum
 
     def _save(self, state: dict[str, Any]) -> str | None:
