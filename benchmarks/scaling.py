@@ -5,7 +5,9 @@ Trains the same model on the bundled digits through the training API with
 ``api.fit``, Gloo on the CPU, NCCL on CUDA), and prints the steady training speed
 of each, its ratio to one process and the scaling efficiency (speed-up / processes).
 The speed is the images of an epoch over the epoch's wall time, validation included,
-as the median of the epochs after the first (which pays for start-up). The global
+as the median of the epochs after the first (which pays for start-up); the counts
+run in turn for ``--rounds`` rounds and the table holds each count's median round,
+so that other work on the machine weighs on all of them alike. The global
 batch grows with the processes (``data.batch_size`` is per process), as it would in a
 real job.
 
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--folder", default="data/01_raw/digits")
     args = parser.parse_args()
 
@@ -63,14 +66,21 @@ def main() -> None:
     model_config = ModelConfig(name=args.model)
     manifest = data.manifest_from_listing(data.list_folder(args.folder))
     prepared = api.prepare_data(manifest, data_config)
-    speeds = {}
-    for count in (int(n) for n in args.devices.split(",")):
-        training = TrainingConfig(epochs=args.epochs, device=args.device, devices=count,
-                                  progress_bar=False)
-        speeds[count] = images_per_second(prepared, data_config, model_config, training)
+    counts = [int(n) for n in args.devices.split(",")]
+    rounds: dict[int, list[float]] = {count: [] for count in counts}
+    for _ in range(args.rounds):
+        for count in counts:
+            training = TrainingConfig(epochs=args.epochs, device=args.device, devices=count,
+                                      progress_bar=False)
+            rounds[count].append(images_per_second(prepared, data_config, model_config,
+                                                   training))
+    print("rounds:", {count: [round(speed) for speed in speeds]
+                      for count, speeds in rounds.items()})
+    speeds = {count: statistics.median(values) for count, values in rounds.items()}
     first = min(speeds)
     print(f"{args.model}, {args.image_size} px, batch {args.batch_size} per process, "
-          f"{args.device}; training images/s (median epoch after the first):")
+          f"{args.device}; training images/s (median epoch after the first, median of "
+          f"{args.rounds} rounds):")
     print("| processes | images/s | speed-up | efficiency |")
     print("|---|---|---|---|")
     for count, speed in speeds.items():
