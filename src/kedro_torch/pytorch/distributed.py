@@ -202,8 +202,8 @@ def _backend(training: TrainingConfig, device: torch.device) -> str:
 
 def check(training: TrainingConfig, device: torch.device) -> None:
     """Refuse what :func:`plan` refuses, and SyncBatchNorm off CUDA, before any work."""
-    resolved = plan(training, device)
-    if training.sync_batchnorm and resolved.strategy == "ddp" and device.type != "cuda":
+    plan(training, device)
+    if training.sync_batchnorm and device.type != "cuda":
         raise ParameterError("training.sync_batchnorm: SyncBatchNorm runs on CUDA devices "
                              f"only, not {device.type}")
 
