@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from kedro.framework.hooks import hook_impl
 
-from kedro_torch.pytorch import interrupts
-from kedro_torch.pytorch.config import flatten
+from kedro_torch.pytorch import distributed, interrupts
+from kedro_torch.pytorch.config import TrainingConfig, flatten, parse
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,54 @@ class ParameterValidationHook:
         if not path:
             return ParameterError(f"{key}: no {what} given; pass one with --params {key}=...")
         return ParameterError(f"{key}: {what} {str(path)!r} does not exist")
+
+
+class DistributedHook:
+    """Under torchrun every rank runs the session; this makes them one job.
+
+    Before the pipeline, each rank of a training pipeline joins the process group, so
+    that the transform stage can check the files once per machine and training can
+    run in ``DistributedDataParallel``. On every rank but 0, each output of the
+    pipeline is kept in memory: only rank 0 writes the catalog (kedro-mlflow opens no
+    run there either: :class:`kedro_torch.tracking.hooks.MlflowHookForwarder`), and
+    their INFO log, which would repeat rank 0's, is silenced.
+    """
+
+    def __init__(self) -> None:
+        self._started = False
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        """Imported here, not with the module: joining the group imports torch."""
+        if not distributed.launched():
+            return
+        if "params:training" in pipeline.inputs():
+            from kedro_torch.pytorch import engine  # noqa: PLC0415
+
+            training = parse(TrainingConfig, catalog.load("parameters").get("training"),
+                             "training")
+            self._started = distributed.start(
+                training, distributed.plan(training, engine.resolve_device(training.device)))
+        if not distributed.is_main_process():
+            from kedro.io import MemoryDataset  # noqa: PLC0415
+
+            logging.disable(logging.WARNING)  # the catalog warns of each replaced entry
+            for name in pipeline.all_outputs():
+                catalog[name] = MemoryDataset(copy_mode="assign")
+            logging.disable(logging.INFO)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._stop()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._started:
+            distributed.stop()
+            self._started = False
 
 
 START_UP_THRESHOLDS = (100_000, 20, 100)

@@ -2,6 +2,7 @@
 
 from kedro_torch.console import quiet_console
 from kedro_torch.hooks import (
+    DistributedHook,
     GarbageCollectionHook,
     InterruptionHook,
     ParameterValidationHook,
@@ -24,6 +25,7 @@ quiet_console()  # for sessions started from Python; the CLI did it already
 # it keeps the place the plugin's had: ahead of the project's own.
 HOOKS = (
     ParameterValidationHook(),
+    DistributedHook(),
     RunSummaryHook(),
     MlflowArtifactHook(),
     MlflowRunHook(),

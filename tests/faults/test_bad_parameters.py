@@ -92,6 +92,14 @@ BAD_PARAMETERS = [
     (["training.optimizer.name=SparseAdam", "training.optimizer.kwargs.weight_decay=null"],
      "training.optimizer.name"),  # SmallCNN has no sparse layer
     (["training.optimizer.name=Muon"], "training.optimizer.name"),  # SmallCNN: 2-D head only
+    # Data parallelism: values out of range, and what this machine cannot run.
+    (["training.strategy=fsdp"], "training.strategy"),
+    (["training.devices=0"], "training.devices"),
+    (["training.devices=many"], "training.devices"),
+    (["training.strategy=single", "training.devices=2"], "training.strategy"),
+    (["training.devices=2", "training.dist_backend=nccl"], "training.dist_backend"),
+    (["training.devices=2", "training.sync_batchnorm=true"], "training.sync_batchnorm"),
+    (["training.dist_timeout=0"], "training.dist_timeout"),
     # Input paths that do not exist, or are not given.
     (["raw_images_path=/nowhere"], "raw_images_path"),
     (["model.pretrained_path=/nowhere.pt"], "model.pretrained_path"),

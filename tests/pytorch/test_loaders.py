@@ -161,10 +161,13 @@ def first_batch(loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_only_train_shuffles_and_eval_uses_its_batch_size(image_paths):
     built = loaders(image_paths)
-    assert isinstance(built["train"].sampler, SeededSampler)
+    # Each sampler is sharded across the ranks of whichever process group iterates it.
+    assert isinstance(built["train"].sampler.sampler, SeededSampler)
+    assert built["train"].sampler.pad
     assert built["train"].batch_size == 8
     for split in ("val", "test"):
-        assert isinstance(built[split].sampler, SequentialSampler)
+        assert isinstance(built[split].sampler.sampler, SequentialSampler)
+        assert not built[split].sampler.pad
         images, targets = first_batch(built[split])
         assert images.shape == (16, 3, 16, 16)
         assert targets.tolist() == [i % 4 for i in range(16)]

@@ -22,7 +22,12 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from kedro_torch import settings
-from kedro_torch.hooks import GarbageCollectionHook, InterruptionHook, ParameterValidationHook
+from kedro_torch.hooks import (
+    DistributedHook,
+    GarbageCollectionHook,
+    InterruptionHook,
+    ParameterValidationHook,
+)
 from kedro_torch.tracking import mlflow_hook, store
 from kedro_torch.tracking.hooks import InterruptedRunHook, MlflowHookForwarder, MlflowRunHook
 from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook
@@ -58,8 +63,13 @@ def test_git_state_gives_the_commit_and_whether_the_tree_is_dirty(tmp_path):
     assert git_state(tmp_path) == (commit, "true")
 
 
-def test_device_tag_is_the_resolved_device():
-    assert device_tags({"device": "cpu"}) == {"device": "cpu"}
+def test_device_tags_are_the_resolved_device_and_processes():
+    assert device_tags({"device": "cpu"}) == {
+        "device": "cpu", "strategy": "single", "world_size": "1", "backend": "none",
+        "nodes": "1", "processes_per_node": "1", "global_batch_size": "64"}
+    tags = device_tags({"device": "cpu", "devices": 2}, {"batch_size": 16})
+    assert tags | {"device": "cpu", "strategy": "ddp", "world_size": "2", "backend": "gloo",
+                   "processes_per_node": "2", "global_batch_size": "32"} == tags
 
 
 @pytest.fixture
@@ -151,14 +161,14 @@ def test_kedro_mlflows_hook_keeps_the_place_of_the_plugins_own(hook_manager):
     process end with the signal's status."""
     assert called_in_order(hook_manager, "before_pipeline_run") == [
         ParameterValidationHook, InterruptionHook, MlflowHookForwarder, GarbageCollectionHook,
-        RunSummaryHook, MlflowRunHook, InterruptedRunHook,
+        DistributedHook, RunSummaryHook, MlflowRunHook, InterruptedRunHook,
     ]
     # The summary comes last, once kedro-mlflow has closed the run.
     assert called_in_order(hook_manager, "after_pipeline_run") == [
-        MlflowRunHook, InterruptionHook, MlflowHookForwarder, RunSummaryHook,
+        MlflowRunHook, InterruptionHook, MlflowHookForwarder, DistributedHook, RunSummaryHook,
     ]
     assert called_in_order(hook_manager, "on_pipeline_error") == [
-        MlflowRunHook, MlflowHookForwarder, InterruptedRunHook, InterruptionHook,
+        MlflowRunHook, MlflowHookForwarder, DistributedHook, InterruptedRunHook, InterruptionHook,
     ]
 
 

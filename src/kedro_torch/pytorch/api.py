@@ -18,10 +18,13 @@ nodes do nothing but call them. In the order the pipeline runs them::
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
+import io
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,6 +38,7 @@ from torch.utils.data import DataLoader
 from kedro_torch.pytorch import (
     cache,
     data,
+    distributed,
     engine,
     loaders,
     metrics,
@@ -43,7 +47,7 @@ from kedro_torch.pytorch import (
     plots,
 )
 from kedro_torch.pytorch.cache import ImageStore
-from kedro_torch.pytorch.checkpoints import CheckpointStore, differences
+from kedro_torch.pytorch.checkpoints import CheckpointStore, differences, load_weights
 from kedro_torch.pytorch.config import (
     DataConfig,
     EvaluationConfig,
@@ -52,6 +56,7 @@ from kedro_torch.pytorch.config import (
     flatten,
 )
 from kedro_torch.pytorch.inference import ModelSpec
+from kedro_torch.pytorch.interrupts import TrainingInterrupted
 from kedro_torch.pytorch.progress import RichProgressBar
 
 logger = logging.getLogger(__name__)
@@ -78,7 +83,14 @@ def prepare_data(
     """Check every image once, set unreadable ones aside, encode labels and split.
 
     ``on_disk`` is the store of ``data.cache: disk`` (``ImageStore.open(folder)``).
+    Under torchrun, local rank 0 of each machine does it and the machine's other ranks
+    receive its result.
     """
+    return distributed.once_per_machine(lambda: _prepare_data(manifest, config, on_disk))
+
+
+def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
+                  on_disk: ImageStore | None) -> PreparedData:
     shape = (config.channels, config.decode_size, config.decode_size)
     plan = cache.plan(config.cache, shape, len(manifest), on_disk)
     checks, store = data.check_images(
@@ -170,11 +182,13 @@ def build_model(
 
 
 # Keys a resume may change: the length of the run, how it is watched, where it runs
-# and how its images are fed, none of which changes what a step computes.
+# and how its images are fed, none of which changes what a step computes. How the
+# processes are launched is among them; how many there are is not (``world_size``).
 RESUMABLE_KEYS = frozenset({
     "training.epochs", "training.resume", "training.keep_checkpoints",
     "training.progress_bar", "training.device", "data.num_workers",
     "data.persistent_workers", "data.prefetch_factor", "data.cache",
+    "training.strategy", "training.devices", "training.dist_backend", "training.dist_timeout",
 })
 
 
@@ -196,7 +210,11 @@ def _parameters(data_config: DataConfig, model_config: ModelConfig,
                 training: TrainingConfig) -> dict[str, Any]:
     values = flatten({"data": asdict(data_config), "model": asdict(model_config),
                       "training": asdict(training)})
-    return {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
+    parameters = {key: value for key, value in values.items() if key not in RESUMABLE_KEYS}
+    processes = distributed.plan(training, engine.resolve_device(training.device)).world_size
+    if processes > 1:  # each process takes data.batch_size: the steps differ with their number
+        parameters["world_size"] = processes
+    return parameters
 
 
 def checkpoints_for(root: CheckpointStore, identity: Mapping[str, Any],
@@ -279,9 +297,40 @@ def fit(
     with a checkpoint, raising :class:`~kedro_torch.pytorch.interrupts.TrainingInterrupted`.
     ``checkpoint_tags`` travel in every checkpoint, back to the callbacks of a resume.
     Another process training into the same folder at the same time is refused.
+
+    Data-parallel as ``training.strategy`` and ``training.devices`` say: under torchrun
+    (or in a process group that already exists) this process trains as its rank, in
+    ``DistributedDataParallel``; with ``training.devices: N`` it starts N workers that
+    each call this function as a rank, and gets rank 0's result and callbacks back.
+    After a restart by ``torchrun --max-restarts``, training resumes as with
+    ``training.resume: auto``.
     """
-    engine.seed_everything(config.seed)
     device = engine.resolve_device(config.device)
+    resolved = distributed.plan(config, device)
+    if resolved.note:
+        logger.warning("%s", resolved.note)
+    options = {"num_classes": num_classes, "model_config": model_config,
+               "checkpoints": checkpoints, "checkpoint_tags": checkpoint_tags}
+    if resolved.spawn:
+        return _fit_in_workers(resolved, model, dataloaders, config, callbacks, options)
+    with distributed.process_group(config, resolved):
+        return _fit_here(model, dataloaders, config, distributed.device_of_this_rank(device),
+                         callbacks=callbacks, **options)
+
+
+def _fit_here(
+    model: nn.Module,
+    dataloaders: Mapping[str, DataLoader],
+    config: TrainingConfig,
+    device: torch.device,
+    *,
+    num_classes: int,
+    model_config: ModelConfig | None,
+    checkpoints: CheckpointStore | None,
+    callbacks: Sequence[engine.Callback],
+    checkpoint_tags: Mapping[str, str] | None,
+) -> FitResult:
+    engine.seed_everything(config.seed)
     train_loader, val_loader = dataloaders["train"], dataloaders.get("val")
     optimizer_list = optimizers.build_optimizers(model, config.optimizer)
     batches = min(len(train_loader), config.max_batches_per_epoch or len(train_loader))
@@ -294,7 +343,7 @@ def fit(
         config.loss, getattr(train_loader.dataset, "targets", None), num_classes
     )
     callbacks = list(callbacks)
-    if config.progress_bar:
+    if config.progress_bar and distributed.is_main_process():
         callbacks.append(RichProgressBar())
     if model_config is not None and model_config.freeze_backbone:
         callbacks.append(engine.FreezeBackbone(
@@ -302,17 +351,98 @@ def fit(
         ))
     trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,
                              callbacks, checkpoints, checkpoint_tags)
-    logger.info("Training %s on %s for %d epochs", type(model).__name__, device, config.epochs)
+    logger.info("Training %s on %s for %d epochs%s", type(model).__name__, device,
+                config.epochs, _in_processes(trainer.plan, train_loader.batch_size))
+    resume = config.resume or ("auto" if distributed.restarted() else False)
     if checkpoints is not None:
         checkpoints.claim()
     try:
-        history = trainer.fit(train_loader, val_loader, resume=config.resume)
+        history = trainer.fit(train_loader, val_loader, resume=resume)
     finally:
         if checkpoints is not None:
             checkpoints.release()
     trained = trainer.eval_model
     state_dict = {name: tensor.detach().cpu() for name, tensor in trained.state_dict().items()}
     return FitResult(state_dict, history, trained)
+
+
+def _in_processes(resolved: distributed.Plan, batch_size: int | None) -> str:
+    if resolved.world_size == 1:
+        return ""
+    return (f" in {resolved.world_size} processes ({resolved.strategy}, "
+            f"{resolved.backend}), global batch {(batch_size or 0) * resolved.world_size}")
+
+
+def _fit_in_workers(resolved: distributed.Plan, model: nn.Module,
+                    dataloaders: Mapping[str, DataLoader], config: TrainingConfig,
+                    callbacks: Sequence[engine.Callback], options: dict[str, Any]) -> FitResult:
+    """``training.devices: N``: N workers train as ranks of one job; this process relays
+    rank 0's callbacks (MLflow stays here) and keeps its weights and history."""
+    outcome: dict[str, Any] = {}
+
+    def receive(message: tuple[str, Any]) -> None:
+        kind, payload = message
+        if kind in ("result", "interrupted"):
+            outcome[kind] = payload
+        else:
+            for callback in callbacks:
+                getattr(callback, kind)(*payload)
+
+    logger.info("Starting %d training processes", resolved.spawn)
+    signum = distributed.spawn(_fit_worker, resolved.spawn,
+                               (model, dict(dataloaders), config, options), receive)
+    if "interrupted" in outcome:
+        stopped_by, epoch, batch, checkpoint = outcome["interrupted"]
+        raise TrainingInterrupted(signum or stopped_by, epoch, batch, checkpoint)
+    if "result" not in outcome:
+        raise RuntimeError("the training processes ended without a result")
+    state_dict, history = load_weights(io.BytesIO(outcome["result"]), "the result of rank 0")
+    model.load_state_dict(state_dict)
+    return FitResult(state_dict, history, model)
+
+
+def _fit_worker(send: Callable[[Any], None], model: nn.Module,
+                dataloaders: dict[str, DataLoader], config: TrainingConfig,
+                options: dict[str, Any]) -> None:
+    """One of :func:`_fit_in_workers`' processes. The model arrives in shared memory:
+    training a copy keeps the ranks' weights (and the parent's) apart."""
+    main = distributed.is_main_process()
+    try:
+        result = fit(copy.deepcopy(model), dataloaders, dataclasses.replace(config, devices="auto"),
+                     callbacks=[_SendEvents(send)] if main else [], **options)
+    except TrainingInterrupted as stop:
+        if main:
+            send(("interrupted", (stop.signum, stop.epoch, stop.batch, stop.checkpoint)))
+        return
+    if main:
+        buffer = io.BytesIO()
+        torch.save((result.state_dict, result.history), buffer)
+        send(("result", buffer.getvalue()))
+
+
+class _SendEvents(engine.Callback):
+    """Rank 0's training events, sent to the process that started the workers."""
+
+    def __init__(self, send: Callable[[Any], None]):
+        self.send = send
+
+    def on_fit_start(self, *args: Any) -> None:
+        self.send(("on_fit_start", args))
+
+    def on_epoch_start(self, *args: Any) -> None:
+        self.send(("on_epoch_start", args))
+
+    def on_batch_end(self) -> None:
+        self.send(("on_batch_end", ()))
+
+    def on_epoch_end(self, *args: Any) -> None:
+        self.send(("on_epoch_end", args))
+
+    def on_fit_end(self) -> None:
+        self.send(("on_fit_end", ()))
+
+    def on_resume(self, *args: Any) -> None:
+        self.send(("on_resume", args))
 
 
 # --- evaluation ----------------------------------------------------------------------
@@ -356,7 +486,8 @@ def evaluate(
     dataset = _dataset(model_input[model_input["split"] == split], spec.channels,
                        spec.decode_size, {"mean": spec.mean, "std": spec.std}, images,
                        spec.eval_transform())
-    loader = loaders.build_dataloaders({split: dataset}, data_config or DataConfig(), 0)[split]
+    loader = loaders.build_dataloaders({split: dataset}, data_config or DataConfig(), 0,
+                                       shard=False)[split]
     device = engine.resolve_device(device)
     model = spec.build_model(state_dict, len(class_names)).to(device)
     logits, targets = engine.predict(model, loader, device)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kedro_torch.pytorch import engine, loaders, models
+from kedro_torch.pytorch import distributed, engine, loaders, models
 from kedro_torch.pytorch import optimizers as optimization
 from kedro_torch.pytorch.config import (
     DataConfig,
@@ -74,6 +74,7 @@ def _check_training(training: TrainingConfig, data: DataConfig | None,
     main = optimization.resolve(training.optimizer.name, optimization.optimizer_classes(),
                                 "training.optimizer.name")
     engine.check_loop(training, device, [main])
+    distributed.check(training, device)
     fallback = training.optimizer.fallback.name
     if fallback is not None:  # built only for Muon and SparseAdam, so resolved here
         optimization.resolve(fallback, optimization.optimizer_classes(),

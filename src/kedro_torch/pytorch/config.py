@@ -242,11 +242,21 @@ class TrainingConfig:
     resume: bool | Literal["auto"] = False
     keep_checkpoints: int = 1
     progress_bar: bool = True
+    # Data parallelism (pytorch/distributed.py): auto = ddp under torchrun or with
+    # devices > 1, else single.
+    strategy: Literal["auto", "single", "dp", "ddp"] = "auto"
+    devices: int | Literal["auto"] = 1
+    sync_batchnorm: bool = False
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    dist_timeout: float = 1800.0
 
     def validate(self, key: str) -> None:
         _positive(self.epochs, f"{key}.epochs")
         _positive(self.accumulate_grad_batches, f"{key}.accumulate_grad_batches")
         _positive(self.keep_checkpoints, f"{key}.keep_checkpoints")
+        _positive(self.dist_timeout, f"{key}.dist_timeout")
+        if self.devices != "auto":
+            _positive(self.devices, f"{key}.devices")
         for spec in ("optimizer", "loss"):
             if not getattr(self, spec).name:
                 raise ParameterError(f"{key}.{spec}.name is required")

@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
+from kedro_torch.pytorch import distributed
 from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
 from kedro_torch.pytorch.config import MONITORS, TrainingConfig
 from kedro_torch.pytorch.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
@@ -176,7 +177,15 @@ def evaluate(
         total_loss += loss_fn(logits, targets) * len(targets)
         correct += (logits.argmax(dim=1) == targets).sum()
         seen += len(targets)
-    return EpochResult(total_loss.item() / seen, correct.item() / seen)
+    return _epoch_result(total_loss, correct, seen, device)
+
+
+def _epoch_result(total_loss: torch.Tensor, correct: torch.Tensor, seen: int,
+                  device: torch.device) -> EpochResult:
+    """Means over every rank's samples: the sums are added up across ranks first."""
+    total_loss, correct, count = distributed.sum_across_ranks(
+        total_loss, correct, torch.tensor(seen, device=device))
+    return EpochResult(total_loss.item() / count.item(), correct.item() / count.item())
 
 
 class FreezeBackbone(Callback):
@@ -214,9 +223,13 @@ class Trainer:
     ):
         check_loop(settings, device, [type(o) for o in optimizers])
         precision = str(settings.precision)
+        self.plan = distributed.plan(settings, device)
         self.model = model.to(device)
         if settings.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if settings.sync_batchnorm and distributed.world_size() > 1:
+            # The converted layers take over the same parameters, so the optimizers hold.
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizers = list(optimizers)
         self.lbfgs = any(isinstance(o, torch.optim.LBFGS) for o in self.optimizers)
         self.loss_fn = loss_fn.to(device)
@@ -233,7 +246,13 @@ class Trainer:
                           use_buffers=True)
             if settings.ema_decay is not None else None
         )
-        self.train_model = torch.compile(self.model) if settings.compile else self.model
+        # DDP (or DataParallel) wraps the model before compiling, as torch.compile's
+        # DDP support expects; self.model stays the bare module whose weights are saved.
+        self.parallel_model = distributed.wrap(
+            self.model, device, self.plan,
+            find_unused_parameters=any(isinstance(c, FreezeBackbone) for c in callbacks))
+        self.train_model = (torch.compile(self.parallel_model) if settings.compile
+                            else self.parallel_model)
         self.state = TrainState()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self._stop = StopRequest()
@@ -275,7 +294,7 @@ class Trainer:
                 saved = self._save(self.checkpoint(generators))
                 for callback in self.callbacks:
                     callback.on_epoch_end(epoch, row)
-                if self._stop.signum is not None:  # it came after the epoch's last step
+                if self._stop_signal() is not None:  # it came after the epoch's last step
                     self._interrupt(epoch, self._batches(train_loader), saved)
         for callback in self.callbacks:
             callback.on_fit_end()
@@ -331,9 +350,10 @@ class Trainer:
             if resumed and index < progress.batches:
                 if index + 1 == progress.batches:  # replayed up to the interruption
                     restore_rng_state(self._resumed_rng, list(generators))
-                    total_loss += progress.loss_sum.to(self.device)
-                    correct += progress.correct.to(self.device)
-                    seen = progress.seen
+                    if distributed.is_main_process():  # the sums of every rank
+                        total_loss += progress.loss_sum.to(self.device)
+                        correct += progress.correct.to(self.device)
+                        seen = progress.seen
                 continue
             images = images.to(self.device, non_blocking=True)
             if self.settings.channels_last:
@@ -352,13 +372,21 @@ class Trainer:
             seen += len(targets)
             for callback in self.callbacks:
                 callback.on_batch_end()
-            if step_now and self._stop.signum is not None and index + 1 < batches:
-                reached = EpochProgress(progress.lr, progress.rng, index + 1, total_loss.cpu(),
-                                        correct.cpu(), seen)
+            if step_now and index + 1 < batches and self._stop_signal() is not None:
+                loss_sum, correct_sum, seen_sum = distributed.sum_across_ranks(
+                    total_loss, correct, torch.tensor(seen, device=self.device))
+                reached = EpochProgress(progress.lr, progress.rng, index + 1,
+                                        loss_sum.to(total_loss.dtype).cpu(),
+                                        correct_sum.to(correct.dtype).cpu(), int(seen_sum))
                 saved = self._save(self.checkpoint(list(generators))
                                    | {"epoch_progress": vars(reached)})
                 self._interrupt(epoch, index + 1, saved)
-        return EpochResult(total_loss.item() / seen, correct.item() / seen)
+        return _epoch_result(total_loss, correct, seen, self.device)
+
+    def _stop_signal(self) -> int | None:
+        """The signal that asks training to stop, agreed by every rank."""
+        self._stop.signum = distributed.agreed_signal(self._stop.signum)
+        return self._stop.signum
 
     def _save(self, state: dict[str, Any]) -> str | None:
         return self.checkpoints.save(state) if self.checkpoints is not None else None
@@ -374,10 +402,11 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lbfgs:
             return self._lbfgs_step(images, targets)
-        with self._autocast():
-            logits = self.train_model(images)
-            loss = self.loss_fn(logits, targets)
-        self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+        with self._no_sync(step_now):  # gradients are averaged across ranks when stepping
+            with self._autocast():
+                logits = self.train_model(images)
+                loss = self.loss_fn(logits, targets)
+            self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
         if step_now:
             self._clip_gradients()
             for optimizer in self.optimizers:
@@ -431,6 +460,12 @@ class Trainer:
         for scheduled in self.schedulers:
             if scheduled.interval == "step":
                 scheduled.scheduler.step()
+
+    def _no_sync(self, step_now: bool) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` on the accumulation steps that do not step the optimizer."""
+        if step_now or not hasattr(self.parallel_model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.parallel_model.no_sync()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

@@ -249,12 +249,14 @@ def class_balanced_sampler(targets: torch.Tensor, generator: torch.Generator) ->
 
 def build_dataloaders(
     datasets: dict[str, ImageManifestDataset], config: DataConfig, seed: int,
-    pin_memory: bool = False,
+    pin_memory: bool = False, shard: bool = True,
 ) -> dict[str, DataLoader]:
     """One DataLoader per split, as the ``data`` parameters say; ``train`` is shuffled
     (or class-balanced) and seeded with ``seed``.
 
-    Under ``torch.distributed`` every sampler is sharded across the ranks.
+    With ``shard``, each sampler is sharded across the ranks of the process group that
+    iterates it: the training split padded so that every rank runs as many batches,
+    the others without padding, so that their metrics count each image once.
     """
     loaders, chosen = {}, {}
     for split, dataset in datasets.items():
@@ -272,7 +274,7 @@ def build_dataloaders(
         loaders[split] = DataLoader(
             dataset,
             batch_size=config.batch_size if is_train else config.validation_batch_size,
-            sampler=shard_for_this_rank(sampler),
+            sampler=shard_for_this_rank(sampler, pad=is_train) if shard else sampler,
             collate_fn=dataset.collate,
             num_workers=workers,
             persistent_workers=config.persistent_workers and workers > 0,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
+from kedro_torch.pytorch.distributed import launch_rank
 from kedro_torch.pytorch.interrupts import Interrupted
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class MlflowHookForwarder:
 
     def _hook(self) -> BatchedParamsMlflowHook:
         """Imported here, not with the module: defining the class imports MLflow."""
+        if self._built is None and launch_rank() != 0:
+            self._built = _Untracked()  # torchrun's other ranks: no MLflow run, no logging
         if self._built is None:
             from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook  # noqa: PLC0415
 
@@ -99,6 +102,13 @@ class MlflowHookForwarder:
         catalog: DataCatalog,
     ) -> None:
         self._hook().on_pipeline_error(error, run_params, pipeline, catalog)
+
+
+class _Untracked:
+    """kedro-mlflow's hook on a rank other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 class MlflowArtifactHook:

@@ -19,8 +19,14 @@ from kedro.pipeline import Pipeline
 from mlflow import MlflowClient
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-from kedro_torch.pytorch import engine
-from kedro_torch.pytorch.config import MlflowConfig, ModelConfig, TrainingConfig, parse
+from kedro_torch.pytorch import distributed, engine
+from kedro_torch.pytorch.config import (
+    DataConfig,
+    MlflowConfig,
+    ModelConfig,
+    TrainingConfig,
+    parse,
+)
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.interrupts import Interrupted, TrainingInterrupted
 from kedro_torch.tracking import outbox
@@ -57,7 +63,7 @@ def describe_run(
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit  # shown in the run's overview
     if {"params:training", "params:model"} & pipeline.inputs():
-        tags.update(device_tags(parameters.get("training")))
+        tags.update(device_tags(parameters.get("training"), parameters.get("data")))
     mlflow.set_tags(tags)
     mlflow.log_dict(parameters, "parameters.yml")
     interval = parse(MlflowConfig, parameters.get("mlflow"), "mlflow").system_metrics_interval
@@ -145,13 +151,19 @@ def git_state(project_path: Path) -> tuple[str, str]:
     return commit, str(bool(status.strip())).lower()
 
 
-def device_tags(training_params: dict[str, Any] | None) -> dict[str, str]:
-    """The device ``training.device`` resolves to here, and the GPU's name if one."""
-    device = engine.resolve_device(parse(TrainingConfig, training_params, "training").device)
+def device_tags(training_params: dict[str, Any] | None,
+                data_params: dict[str, Any] | None = None) -> dict[str, str]:
+    """The device ``training.device`` resolves to here, and the GPU's name if one; how
+    many processes train and how (strategy, world_size, backend, nodes,
+    processes_per_node), and the global batch they take together."""
+    training = parse(TrainingConfig, training_params, "training")
+    device = engine.resolve_device(training.device)
     tags = {"device": device.type}
     if device.type == "cuda":
         tags["device_name"] = torch.cuda.get_device_name(device)
-    return tags
+    plan = distributed.plan(training, device)
+    batch_size = parse(DataConfig, data_params, "data").batch_size
+    return tags | plan.tags() | {"global_batch_size": str(batch_size * plan.world_size)}
 
 
 def ending(error: Exception) -> list[dict[str, Any]]:
