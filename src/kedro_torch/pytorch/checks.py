@@ -1,8 +1,9 @@
 """Parameters checked as a whole before any work starts: the sections' keys and types,
 every name that a registry resolves (transforms, models, optimizers, schedulers,
 losses, torchvision datasets and their arguments), and the arguments of the
-optimizer, scheduler and loss, tried for a step on a probe model with the builders training uses. A typo fails in a second, before the
-data is read and before an MLflow run is opened, rather than mid-training."""
+optimizer, scheduler and loss, tried for a step on a probe model with the builders
+training uses. A typo fails in a second, before the data is read and before an
+MLflow run is opened, rather than mid-training."""
 
 from __future__ import annotations
 

@@ -100,6 +100,7 @@ class TorchvisionSamples:
         self.kwargs = dict(config.kwargs)
         self.splits = _splits(self.name, chooser, config)  # segment -> chooser argument
         self.test_segment = list(self.splits)[1] if len(self.splits) > 1 else None
+        self._signatures: dict[str, str] = {}  # by split: the root is walked once
 
     # --- opening -----------------------------------------------------------------------
 
@@ -189,8 +190,10 @@ class TorchvisionSamples:
     def fingerprint(self, path: str) -> str:
         """Changes whenever the dataset's arguments or any file under its root do."""
         segment = path.removeprefix(SCHEME).split("/")[1]
-        arguments = {k: v for k, v in self.arguments(segment).items() if k != "download"}
-        return f"{path}|{_signature(self.name, json.dumps(arguments, sort_keys=True))}"
+        if segment not in self._signatures:
+            arguments = {k: v for k, v in self.arguments(segment).items() if k != "download"}
+            self._signatures[segment] = _signature(self.name, arguments)
+        return f"{path}|{self._signatures[segment]}"
 
     def check(self, path: str, size: int, channels: int, keep_pixels: bool
               ) -> images.FileCheck:
@@ -251,12 +254,12 @@ def _open(cls: type, arguments: str) -> Dataset:
     return cls(**json.loads(arguments))
 
 
-@functools.lru_cache(maxsize=8)
-def _signature(name: str, arguments: str) -> str:
+def _signature(name: str, arguments: dict[str, Any]) -> str:
     """A digest of the arguments and of the name, size and modification time of every
     file under the root."""
-    digest = hashlib.blake2b(f"{name}:{arguments}".encode(), digest_size=16)
-    root = json.loads(arguments).get("root")
+    digest = hashlib.blake2b(f"{name}:{json.dumps(arguments, sort_keys=True)}".encode(),
+                             digest_size=16)
+    root = arguments.get("root")
     for folder, subfolders, files in os.walk(root) if root else ():
         subfolders.sort()
         for file in sorted(files):
