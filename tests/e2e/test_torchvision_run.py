@@ -75,12 +75,10 @@ def test_a_cifar10_root_trains_with_its_own_test_split(project, small_digits, tm
     root = tmp_path / "cifar10"
     md5s, _, _ = write_cifar10(root, train_per_class=10, test_per_class=3)
     trust_cifar10_files(monkeypatch, md5s)
-    run_pipeline(project, "training", {
-        "raw_images_path": str(small_digits),
-        "data": {"source": "torchvision", "torchvision": {"name": "CIFAR10", "root": str(root)},
-                 "channels": 3, "image_size": 8, "batch_size": 16},
-        "training": {"epochs": 3, "progress_bar": False},
-    })
+    data = {"source": "torchvision", "torchvision": {"name": "CIFAR10", "root": str(root)},
+            "channels": 3, "image_size": 8, "batch_size": 16}
+    run_pipeline(project, "training", {"raw_images_path": str(small_digits), "data": data,
+                                       "training": {"epochs": 3, "progress_bar": False}})
     _, run = latest_run(project)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.torchvision.name"] == "CIFAR10"
@@ -107,3 +105,8 @@ def test_a_cifar10_root_trains_with_its_own_test_split(project, small_digits, tm
     predicted = model.predict([str(png)])
     assert predicted.loc[0, "label"] == row["predicted"]
     assert predicted.loc[0, "probability"] == pytest.approx(row["probability"], abs=1e-5)
+    # The export pipeline checks the exports on the same test images.
+    run_pipeline(project, "export", {"data": data})
+    exported = json.loads(latest_version(project / "data/08_reporting/export_report.json")
+                          .read_text())
+    assert exported["images"] == 30 and exported["within_tolerance"]

@@ -399,6 +399,14 @@ def evaluate(
     return Evaluation(report, metrics.flat_test_metrics(report), table, figures)
 
 
+def split_batch(model_input: pd.DataFrame, spec: ModelSpec, data_config: DataConfig,
+                split: str = "test") -> torch.Tensor:
+    """A split's images as the model's input batch, read as training read them (files,
+    or a torchvision dataset's samples) and prepared as ``spec`` says."""
+    paths = model_input.loc[model_input["split"] == split, "path"].tolist()
+    return spec.load_batch(paths, image_source(data_config))
+
+
 def _figures(report: dict, class_names: list[str],
              gallery: Mapping[str, list[tuple[torch.Tensor, pd.Series]]]) -> dict[str, Figure]:
     """The report's figures, and a gallery of the picked images with their table rows."""

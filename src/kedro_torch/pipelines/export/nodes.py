@@ -38,15 +38,14 @@ def verify_exports(
     export_params: dict[str, Any],
 ) -> dict:
     """Max absolute difference of each reloaded export against the eager model, per
-    batch size; an export that differs by more than the tolerance fails the run. The
-    test images are read as training read them (``data.source``)."""
+    batch size, on the test images read as training read them (``data.source``); an
+    export that differs by more than the tolerance fails the run."""
     config = parse(ExportConfig, export_params, "export")
     spec = ModelSpec.from_dict(model_spec)
-    source = api.image_source(parse(DataConfig, data_params, "data"))
     report = export.compare_with_eager(
         spec.build_model(state_dict, len(label_map)),
         {"torchscript": torchscript_model, "exported_program": exported_program.module()},
-        spec.load_batch(model_input.loc[model_input["split"] == "test", "path"].tolist(), source),
+        api.split_batch(model_input, spec, parse(DataConfig, data_params, "data")),
         config.batch_sizes, config.tolerance,
     )
     logger.info("Exports vs eager on %d test images: %s", report["images"],
