@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision.datasets.vision import VisionDataset
 
-from kedro_torch.pytorch import images
+from kedro_torch.pytorch import images, interrupts
 from kedro_torch.pytorch.config import ParameterError, TorchvisionConfig
 from kedro_torch.pytorch.data import OWN_SPLIT
 from kedro_torch.pytorch.optimizers import classes_in, resolve
@@ -200,6 +200,8 @@ class TorchvisionSamples:
         """Like a file's check; a sample the dataset cannot give is set aside, not fatal."""
         try:
             image = self.image(path)
+        except interrupts.Interrupted:
+            raise
         except Exception as error:
             return images.FileCheck(reason=f"cannot read: {type(error).__name__}: {error}")
         return images.check_image(image, size, channels, keep_pixels)
