@@ -47,7 +47,7 @@ class ParameterValidationHook:
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
     ) -> None:
         """Imported here, not with the module: the checks import torch."""
-        from kedro_torch.pytorch import checks  # noqa: PLC0415
+        from kedro_torch.pytorch import api, checks  # noqa: PLC0415
 
         inputs = pipeline.inputs()
         sections = {name.removeprefix("params:") for name in inputs} & set(checks.SECTIONS)
@@ -56,20 +56,24 @@ class ParameterValidationHook:
         for entry in sorted(inputs & self._read(configs)):
             if not catalog.exists(entry):
                 raise self._missing(entry, catalog)
+        if "data" in configs and configs["data"].source == "torchvision":
+            api.image_source(configs["data"]).open()  # its root and splits, read once
         if "training_checkpoints" in inputs and {"data", "model", "training"} <= configs.keys():
-            from kedro_torch.pytorch import api  # noqa: PLC0415
-
             api.refuse_unresumable(catalog.load("training_checkpoints"), configs["data"],
                                    configs["model"], configs["training"])
 
     @staticmethod
     def _read(configs: dict[str, Any]) -> set[str]:
         """The entries of INPUT_PATHS that this run's parameters have it read: the
-        image table or the image folder, as ``data.source`` says, and the pretrained
+        image table or the image folder, as ``data.source`` says (neither for a
+        torchvision dataset, whose root ``data.torchvision`` names), and the pretrained
         file if one is named."""
         data, model = configs.get("data"), configs.get("model")
-        table = data is not None and data.source == "manifest"
-        read = {"inference_images", "raw_manifest" if table else "raw_images"}
+        read = {"inference_images"}
+        if data is None or data.source == "folder":
+            read.add("raw_images")
+        elif data.source == "manifest":
+            read.add("raw_manifest")
         if model is not None and model.pretrained_path:
             read.add("pretrained_state_dict")
         return read

@@ -19,6 +19,7 @@ from tests.e2e.conftest import kedro
 # The end-to-end tests' project copy, under a name of its own: a copy for this module,
 # apart from tests/faults/conftest.py's, which the tests beside it point at MLflow servers.
 from tests.e2e.conftest import project as bad_parameters_project  # noqa: F401
+from tests.torchvision_roots import write_mnist
 
 pytestmark = pytest.mark.e2e
 
@@ -105,6 +106,19 @@ BAD_PARAMETERS = [
     (["model.pretrained_path=/nowhere.pt"], "model.pretrained_path"),
     (["data.source=manifest"], "raw_manifest_path"),
     (["data.source=manifest", "raw_manifest_path=/nowhere.csv"], "raw_manifest_path"),
+    # A torchvision dataset: its name, its root, its splits and its arguments.
+    (["data.source=torchvision"], "data.torchvision.name"),
+    (["data.source=torchvision", "data.torchvision.name=CIFAR11"], "data.torchvision.name"),
+    (["data.source=torchvision", "data.torchvision.name=CocoDetection"],
+     "data.torchvision.name"),
+    (["data.source=torchvision", "data.torchvision.name=CIFAR10"], "data.torchvision.root"),
+    (["data.source=torchvision", "data.torchvision.name=CIFAR10",
+      "data.torchvision.root=/nowhere"], "data.torchvision.root"),
+    (["data.source=torchvision", "data.torchvision.name=CIFAR10",
+      "data.torchvision.root=/nowhere", "data.torchvision.test_split=val"],
+     "data.torchvision.test_split"),
+    (["data.source=torchvision", "data.torchvision.name=FakeData",
+      "data.torchvision.kwargs.sizes=10"], "data.torchvision.kwargs.sizes"),
 ]
 
 
@@ -152,9 +166,22 @@ def test_a_bad_parameter_stops_the_kedro_cli_before_mlflow(project, client, base
 @pytest.mark.parametrize(("items", "key"), BAD_PARAMETERS,
                          ids=[",".join(items) for items, _ in BAD_PARAMETERS])
 def test_a_bad_parameter_is_refused_naming_its_key(project, client, base, items, key):
+    refused(project, client, [*base, *items], key)
+
+
+def test_a_torchvision_split_that_is_not_there_is_refused_naming_its_key(project, client, base,
+                                                                         tmp_path):
+    """An MNIST root holding the training files alone: its test split is missing."""
+    write_mnist(tmp_path, train_per_class=2, test_per_class=0, with_test=False)
+    refused(project, client, [*base, "data.source=torchvision", "data.torchvision.name=MNIST",
+                              f"data.torchvision.root={tmp_path}"], "data.torchvision.test_split")
+
+
+def refused(project: Path, client: MlflowClient, items: list[str], key: str) -> None:
+    """A session run with these --params stops naming ``key``, leaving nothing behind."""
     before = traces(project, client)
     # Parsed as `kedro run --params` parses them.
-    params = OmegaConf.to_container(OmegaConf.from_dotlist([*base, *items]))
+    params = OmegaConf.to_container(OmegaConf.from_dotlist(items))
     with pytest.MonkeyPatch.context() as patch, pytest.raises(ValueError) as refusal:
         patch.chdir(project)  # the catalog's relative paths resolve from here
         with KedroSession.create(project_path=project, runtime_params=params) as session:

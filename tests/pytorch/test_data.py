@@ -13,6 +13,7 @@ import pytest
 from kedro_torch.datasets import ImageFolderDataset
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.data import (
+    HASH_RULE,
     ImageTable,
     assign_splits,
     check_images,
@@ -375,7 +376,8 @@ def test_report_lists_bad_files_and_counts_duplicates():
          "label": ["a", "b", "a", "a"], "content_hash": ["h1", "h1", "h2", "h2"],
          "split": ["train", "train", "test", "test"]}
     )
-    report = quality_report(checked, bad, model_input, {"val": ["b"]}, 0.01)
+    report = quality_report(checked, bad, model_input, {"val": ["b"]}, 0.01,
+                            source={"type": "folder"}, split_rule=HASH_RULE)
     assert report["bad_files"] == [{"path": "/d/x.jpg", "relative_path": "x.jpg",
                                     "label": "a", "reason": "empty file (0 bytes)"}]
     assert report["bad_fraction"] == 0.2

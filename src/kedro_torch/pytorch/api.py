@@ -40,11 +40,13 @@ from kedro_torch.pytorch import (
     data,
     distributed,
     engine,
+    images,
     loaders,
     metrics,
     models,
     optimizers,
     plots,
+    torchvision_data,
 )
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.checkpoints import CheckpointStore, differences, load_weights
@@ -93,16 +95,17 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
                   on_disk: ImageStore | None) -> PreparedData:
     shape = (config.channels, config.decode_size, config.decode_size)
     plan = cache.plan(config.cache, shape, len(manifest), on_disk)
+    source = image_source(config)
     checks, store = data.check_images(
         manifest["path"].tolist(), plan.store, keep_pixels=plan.keep_pixels,
-        use_fingerprints=plan.use_fingerprints, num_workers=_workers(config),
+        use_fingerprints=plan.use_fingerprints, num_workers=_workers(config), source=source,
     )
     checked = pd.concat([manifest, checks.drop(columns=["fingerprint", "chunk", "row"])], axis=1)
     usable, bad = data.set_aside_bad_files(checked, config.max_bad_fraction)
     unusable = sorted(set(manifest["label"]) - set(usable["label"]))
     if unusable:
         raise ValueError(f"classes without any readable image: {', '.join(map(repr, unusable))}")
-    model_input, label_map, missed = data.split_manifest(usable, config.split)
+    model_input, label_map, missed, rule = data.split_manifest(usable, config.split)
     if config.normalize.computed:
         train = usable[model_input["split"] == "train"]
         normalization = data.normalization_from_sums(
@@ -111,9 +114,19 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     else:
         normalization = {"mean": config.normalize.mean, "std": config.normalize.std,
                          "source": "parameters"}
-    report = data.quality_report(checked, bad, model_input, missed, config.max_bad_fraction)
+    origin = source.describe() if config.source == "torchvision" else {"type": config.source}
+    report = data.quality_report(checked, bad, model_input, missed, config.max_bad_fraction,
+                                 source=origin, split_rule=rule)
     return PreparedData(model_input, label_map, normalization, report, store,
                         cache.to_save(config.cache, store, on_disk))
+
+
+def image_source(config: DataConfig) -> images.ImageSource:
+    """What reads the manifest's paths (``data.source``): image files, or the samples
+    of the torchvision dataset ``data.torchvision`` names."""
+    if config.source == "torchvision":
+        return torchvision_data.TorchvisionSamples(config.torchvision)
+    return images.FILES
 
 
 def build_loaders(
@@ -138,10 +151,11 @@ def build_loaders(
         config.transforms.steps("train_batch"), "data.transforms.train_batch",
         num_classes=int(model_input["target"].max()) + 1,
     ))
+    source = image_source(config)
     datasets = {
         split: _dataset(rows, config.channels, config.decode_size, normalization, images,
                         transforms["train" if split == "train" else "eval"],
-                        mixing if split == "train" else None)
+                        mixing if split == "train" else None, source)
         for split, rows in model_input.groupby("split", sort=False)
     }
     pin_memory = engine.resolve_device(device).type == "cuda"
@@ -149,13 +163,14 @@ def build_loaders(
 
 
 def _dataset(rows: pd.DataFrame, channels: int, load_size: int,
-             normalization: Mapping[str, Sequence[float]], images: ImageStore | None,
-             transform, batch_transform=None) -> loaders.ImageManifestDataset:
+             normalization: Mapping[str, Sequence[float]], store: ImageStore | None,
+             transform, batch_transform=None, source: images.ImageSource = images.FILES,
+             ) -> loaders.ImageManifestDataset:
     return loaders.ImageManifestDataset(
         rows["path"].tolist(), rows["target"].tolist(), channels=channels, load_size=load_size,
         mean=normalization["mean"], std=normalization["std"],
-        content_hashes=rows["content_hash"].tolist(), store=images,
-        transform=transform, batch_transform=batch_transform,
+        content_hashes=rows["content_hash"].tolist(), store=store,
+        transform=transform, batch_transform=batch_transform, source=source,
     )
 
 
@@ -181,14 +196,16 @@ def build_model(
     return model
 
 
-# Keys a resume may change: the length of the run, how it is watched, where it runs
-# and how its images are fed, none of which changes what a step computes. How the
-# processes are launched is among them; how many there are is not (``world_size``).
+# Keys a resume may change: the length of the run, how it is watched, where it runs,
+# where its data sits and how its images are fed, none of which changes what a step
+# computes (the data's digest is compared apart). How the processes are launched is
+# among them; how many there are is not (``world_size``).
 RESUMABLE_KEYS = frozenset({
     "training.epochs", "training.resume", "training.keep_checkpoints",
     "training.progress_bar", "training.device", "data.num_workers",
     "data.persistent_workers", "data.prefetch_factor", "data.cache",
     "training.strategy", "training.devices", "training.dist_backend", "training.dist_timeout",
+    "data.torchvision.root", "data.torchvision.download",
 })
 
 
@@ -476,18 +493,19 @@ def evaluate(
     The model and its preprocessing are rebuilt from ``state_dict`` and ``spec``
     alone, as inference and the MLflow model rebuild them. ``data_config`` gives the
     loader settings (batch size, workers); ``images`` a store of decoded images to
-    read instead of the files, used where it holds images of the spec's shape.
+    read instead of the files, used where it holds images of the spec's shape; and
+    ``data_config.source`` what reads the others.
     """
     config = config or EvaluationConfig()
+    data_config = data_config or DataConfig()
     class_names = sorted(label_map, key=label_map.get)
     if images is not None and images.image_shape != (spec.channels, spec.decode_size,
                                                      spec.decode_size):
         images = None
     dataset = _dataset(model_input[model_input["split"] == split], spec.channels,
                        spec.decode_size, {"mean": spec.mean, "std": spec.std}, images,
-                       spec.eval_transform())
-    loader = loaders.build_dataloaders({split: dataset}, data_config or DataConfig(), 0,
-                                       shard=False)[split]
+                       spec.eval_transform(), source=image_source(data_config))
+    loader = loaders.build_dataloaders({split: dataset}, data_config, 0, shard=False)[split]
     device = engine.resolve_device(device)
     model = spec.build_model(state_dict, len(class_names)).to(device)
     logits, targets = engine.predict(model, loader, device)
@@ -516,6 +534,14 @@ def evaluate(
     if history is not None:
         figures["learning_curve"] = plots.learning_curve_figure(list(history))
     return Evaluation(report, metrics.flat_test_metrics(report), table, figures)
+
+
+def split_batch(model_input: pd.DataFrame, spec: ModelSpec, data_config: DataConfig,
+                split: str = "test") -> torch.Tensor:
+    """A split's images as the model's input batch, read as training read them (files,
+    or a torchvision dataset's samples) and prepared as ``spec`` says."""
+    paths = model_input.loc[model_input["split"] == split, "path"].tolist()
+    return spec.load_batch(paths, image_source(data_config))
 
 
 def _figures(report: dict, class_names: list[str],

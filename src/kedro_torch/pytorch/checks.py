@@ -1,8 +1,9 @@
 """Parameters checked as a whole before any work starts: the sections' keys and types,
 every name that a registry resolves (transforms, models, optimizers, schedulers,
-losses), and the arguments of the optimizer, scheduler and loss, tried for a step on
-a probe model with the builders training uses. A typo fails in a second, before the
-data is read and before an MLflow run is opened, rather than mid-training."""
+losses, torchvision datasets and their arguments), and the arguments of the
+optimizer, scheduler and loss, tried for a step on a probe model with the builders
+training uses. A typo fails in a second, before the data is read and before an
+MLflow run is opened, rather than mid-training."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kedro_torch.pytorch import distributed, engine, loaders, models
+from kedro_torch.pytorch import distributed, engine, loaders, models, torchvision_data
 from kedro_torch.pytorch import optimizers as optimization
 from kedro_torch.pytorch.config import (
     DataConfig,
@@ -45,6 +46,8 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
         for stage in ("train", "eval", "train_batch"):
             loaders.build_transforms(configs["data"].transforms.steps(stage),
                                      f"data.transforms.{stage}")
+        if configs["data"].source == "torchvision":
+            torchvision_data.TorchvisionSamples(configs["data"].torchvision)
     skeleton = None
     if "model" in configs:
         models.check_model_name(configs["model"].name)

@@ -72,6 +72,20 @@ class ManifestConfig:
 
 
 @dataclass(frozen=True)
+class TorchvisionConfig:
+    """A ``torchvision.datasets`` class by name, read from a local root; the name and
+    the arguments are resolved by :mod:`kedro_torch.pytorch.torchvision_data`, which
+    owns that registry."""
+
+    name: str | None = None
+    root: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    test_split: str | None = "test"  # null: the test split is carved by hash too
+    download: bool = False
+
+
+@dataclass(frozen=True)
 class TransformsConfig:
     """``torchvision.transforms.v2`` classes by name; the names are resolved by
     :mod:`kedro_torch.pytorch.loaders`, which owns that registry."""
@@ -93,8 +107,9 @@ class TransformsConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["folder", "manifest"] = "folder"
+    source: Literal["folder", "manifest", "torchvision"] = "folder"
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
+    torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)
     image_size: int = 16
     load_size: int | None = None
     channels: Literal[1, 3] = 1
@@ -118,6 +133,9 @@ class DataConfig:
                 _positive(getattr(self, optional), f"{key}.{optional}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ParameterError(f"{key}.num_workers must be 0 or more, got {self.num_workers}")
+        if self.source == "torchvision" and not self.torchvision.name:
+            raise ParameterError(f"{key}.torchvision.name is required when {key}.source is "
+                                 "torchvision: a torchvision.datasets class, e.g. CIFAR10")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ParameterError(
                 f"{key}.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}"

@@ -16,7 +16,7 @@ import os
 import posixpath
 from collections import Counter
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import fsspec
 import numpy as np
@@ -33,10 +33,14 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
 SPLITS = ("train", "val", "test")
+# A source's own split of its samples ("train" or "test"), where it has one (a
+# torchvision dataset's train=False or split="test"): its test part is the test split.
+OWN_SPLIT = "own_split"
 # Columns the pipeline adds to a manifest; a manifest table may not bring its own.
 RESERVED_COLUMNS = frozenset(
-    {"path", "relative_path", "label", "target", "split", "missing", *ENTRY_COLUMNS}
+    {"path", "relative_path", "label", "target", "split", "missing", OWN_SPLIT, *ENTRY_COLUMNS}
 )
+HASH_RULE = "content hash: every class split by data.split.train / val / test"
 CHECK_BATCH = 64  # files per message between checking workers and the main process
 
 
@@ -193,15 +197,16 @@ def _sorted_and_counted(manifest: pd.DataFrame) -> pd.DataFrame:
 class _FileChecker(Dataset):
     """Lets a DataLoader's workers check files in parallel, in order."""
 
-    def __init__(self, paths: Sequence[str], size: int, channels: int, keep_pixels: bool):
+    def __init__(self, paths: Sequence[str], size: int, channels: int, keep_pixels: bool,
+                 source: images.ImageSource):
         self.paths, self.size, self.channels = list(paths), size, channels
-        self.keep_pixels = keep_pixels
+        self.keep_pixels, self.source = keep_pixels, source
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> images.FileCheck:
-        return images.check_file(self.paths[index], self.size, self.channels, self.keep_pixels)
+        return self.source.check(self.paths[index], self.size, self.channels, self.keep_pixels)
 
 
 def _as_list(batch: list) -> list:
@@ -215,16 +220,18 @@ def check_images(
     keep_pixels: bool,
     use_fingerprints: bool = False,
     num_workers: int = 0,
+    source: images.ImageSource = images.FILES,
 ) -> tuple[pd.DataFrame, ImageStore]:
     """Open and decode every file once, at the store's image shape.
 
     Returns one row of :data:`~kedro_torch.pytorch.cache.ENTRY_COLUMNS` per path (plus
     ``missing``), and the store with this run's entries. With ``keep_pixels`` the
     decoded images go into a new chunk of the store; with ``use_fingerprints``
-    files whose fingerprint the store already knows are not read at all.
+    files whose fingerprint the store already knows are not read at all. ``source``
+    reads the paths: image files, or the samples of a torchvision dataset.
     """
     channels, size, _ = store.image_shape
-    fingerprints = [_fingerprint(path) for path in paths] if use_fingerprints else None
+    fingerprints = [_fingerprint(source, path) for path in paths] if use_fingerprints else None
     if fingerprints is not None:
         entries = store.checked([f or "" for f in fingerprints]).reset_index()
         entries["fingerprint"] = fingerprints
@@ -236,7 +243,7 @@ def check_images(
         known = np.zeros(len(paths), dtype=bool)
     todo = np.flatnonzero(~known & ~entries["missing"].to_numpy(dtype=bool))
     chunk, array = store.new_chunk(len(todo)) if keep_pixels and len(todo) else (None, None)
-    checker = _FileChecker([paths[i] for i in todo], size, channels, keep_pixels)
+    checker = _FileChecker([paths[i] for i in todo], size, channels, keep_pixels, source)
     loader = DataLoader(checker, batch_size=CHECK_BATCH, num_workers=num_workers,
                         collate_fn=_as_list)
     columns = {c: entries[c].to_numpy(dtype=object).copy() for c in [*ENTRY_COLUMNS, "missing"]}
@@ -263,9 +270,9 @@ def check_images(
     return entries, store.with_entries(kept)
 
 
-def _fingerprint(path: str) -> str | None:
+def _fingerprint(source: images.ImageSource, path: str) -> str | None:
     try:
-        return images.fingerprint(path)
+        return source.fingerprint(path)
     except FileNotFoundError:
         return None
 
@@ -310,27 +317,54 @@ def _listing(values: pd.Series, limit: int = 10) -> str:
 
 def split_manifest(
     usable: pd.DataFrame, config: SplitConfig, key: str = "data.split"
-) -> tuple[pd.DataFrame, dict[str, int], dict[str, list[str]]]:
+) -> tuple[pd.DataFrame, dict[str, int], dict[str, list[str]], str]:
     """Encode labels and give every readable image its split.
 
     Returns the model input (the rows with ``target`` and ``split``, without the
-    per-file check columns), the label map, and the splits some class missed.
+    per-file check columns), the label map, the splits some class missed, and the
+    rule that made the split, for the report.
     """
     if config.group_column is not None and config.group_column not in usable.columns:
         raise ValueError(f"{key}.group_column: the manifest has no column "
                          f"{config.group_column!r}")
     groups = usable[config.group_column].tolist() if config.group_column else None
-    assignment = assign_splits(
-        split_keys(usable["content_hash"], groups), config.fractions, config.seed
-    )
-    missed = check_split(usable["label"], assignment, config.fractions, key)
+    keys = split_keys(usable["content_hash"], groups)
+    if OWN_SPLIT in usable.columns:
+        assignment, fractions, rule = _carve_from_own_split(keys, usable[OWN_SPLIT], config)
+    else:
+        assignment = assign_splits(keys, config.fractions, config.seed)
+        fractions, rule = config.fractions, HASH_RULE
+    missed = check_split(usable["label"], assignment, fractions, key)
     label_map = encode_labels(usable["label"])
     model_input = usable.drop(columns=["reason", "mode", "missing", "pixel_sum", "pixel_sumsq"])
     model_input = model_input.assign(
         target=model_input["label"].map(label_map).astype("int64"), split=assignment
     )
     logger.info("Split sizes: %s", model_input["split"].value_counts().to_dict())
-    return model_input, label_map, missed
+    return model_input, label_map, missed, rule
+
+
+def _carve_from_own_split(keys: np.ndarray, own_split: pd.Series, config: SplitConfig
+                          ) -> tuple[np.ndarray, dict[str, float], str]:
+    """The source's test part is the test split; its training part is split into train
+    and val by the same hash, in the ratio ``train : val``.
+
+    Rows sharing a key with a test row (copies of a test image, its group) go to test
+    too, so that no test image is trained on. The fractions returned are those the
+    classes are checked against: the carved ones, and ``test`` as configured.
+    """
+    carved = {"train": config.train / (config.train + config.val),
+              "val": config.val / (config.train + config.val), "test": 0.0}
+    test_keys = set(keys[(own_split == "test").to_numpy()])
+    assignment = assign_splits(keys, carved, config.seed)
+    with_test = np.array([key in test_keys for key in keys], dtype=bool)
+    moved = int((with_test & (own_split != "test").to_numpy()).sum())
+    assignment[with_test] = "test"
+    rule = ("own test split: the source's test split is the test split; train and val are "
+            "carved from its training split by content hash, in the ratio data.split.train "
+            f": data.split.val ({moved} training images that are copies of test images, or "
+            "share their group, went to test)")
+    return assignment, carved | {"test": config.test}, rule
 
 
 def encode_labels(labels: Sequence[str]) -> dict[str, int]:
@@ -408,7 +442,7 @@ def check_split(
     if not too_small.empty:
         raise ValueError(
             f"classes with too few images for {key} (at least {needed} each for "
-            f"{', '.join(f'{s} {fractions[s]}' for s in SPLITS)}): "
+            f"{', '.join(f'{s} {fractions[s]:g}' for s in SPLITS)}): "
             + ", ".join(f"{label!r} ({n})" for label, n in too_small.items())
         )
     no_train = counts.index[counts["train"] == 0]
@@ -449,15 +483,20 @@ def quality_report(
     model_input: pd.DataFrame,
     missed_splits: dict[str, list[str]],
     max_bad_fraction: float,
+    *,
+    source: dict[str, Any],
+    split_rule: str,
 ) -> dict:
-    """What the data-quality check found, for people: unreadable files, duplicates,
-    the image modes met, and the class and split sizes that came out."""
+    """What the data-quality check found, for people: where the images came from,
+    unreadable files, duplicates, the image modes met, and the class and split sizes
+    that came out, with the rule that split them."""
     duplicates = model_input[model_input.duplicated("content_hash", keep=False)]
     sets = [
         {"paths": group["relative_path"].tolist(), "labels": sorted(set(group["label"]))}
         for _, group in duplicates.groupby("content_hash", sort=True)
     ]
     return {
+        "source": dict(source),
         "files_checked": len(checked),
         "images_used": len(model_input),
         "bad_files": [
@@ -480,5 +519,6 @@ def quality_report(
         "images_per_split": {
             s: int((model_input["split"] == s).sum()) for s in SPLITS
         },
+        "split_rule": split_rule,
         "classes_missing_from_split": missed_splits,
     }

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import fsspec
 import numpy as np
@@ -136,13 +138,14 @@ def _on_background(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
 
 
-def check_file(path: str, size: int, channels: int, keep_pixels: bool) -> FileCheck:
-    """Read and decode one file once; a file that fails is described, never raised.
+def decode_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """An image already in memory (a torchvision dataset's sample, a caller's PIL image)
+    -> ``(channels, size, size)`` uint8, turned the way its file would have been."""
+    return squash(to_channels(ImageOps.exif_transpose(image), channels), size)
 
-    Decoding untrusted bytes can fail in PIL with many exception types (OSError,
-    SyntaxError, ValueError, struct.error, EOFError, ...), hence the broad catch:
-    the point is to set the file aside and carry on.
-    """
+
+def check_file(path: str, size: int, channels: int, keep_pixels: bool) -> FileCheck:
+    """Read and decode one file once; a file that fails is described, never raised."""
     try:
         data = read_bytes(path)
     except FileNotFoundError:
@@ -152,8 +155,26 @@ def check_file(path: str, size: int, channels: int, keep_pixels: bool) -> FileCh
     digest = content_hash(data)
     if not data:
         return FileCheck(reason="empty file (0 bytes)", content_hash=digest)
+    return _checked(lambda: decode(data, size, channels), digest, channels, keep_pixels)
+
+
+def check_image(image: Image.Image, size: int, channels: int, keep_pixels: bool) -> FileCheck:
+    """:func:`check_file` for an image already in memory, which has no bytes of its own:
+    its content hash is taken of its mode, size, palette and pixels."""
+    palette = bytes(image.getpalette() or []) if image.mode == "P" else b""
+    digest = content_hash(f"{image.mode}:{image.width}x{image.height}:".encode() + palette
+                          + image.tobytes())
+    return _checked(lambda: (decode_image(image, size, channels), image.mode), digest,
+                    channels, keep_pixels)
+
+
+def _checked(decoding: Callable[[], tuple[np.ndarray, str]], digest: str, channels: int,
+             keep_pixels: bool) -> FileCheck:
+    """Decoding untrusted bytes can fail in PIL with many exception types (OSError,
+    SyntaxError, ValueError, struct.error, EOFError, ...), hence the broad catch: the
+    point is to set the image aside and carry on."""
     try:
-        pixels, mode = decode(data, size, channels)
+        pixels, mode = decoding()
     except UnidentifiedImageError:
         return FileCheck(reason="not an image: PIL cannot identify it", content_hash=digest)
     except Image.DecompressionBombError as error:
@@ -168,3 +189,33 @@ def check_file(path: str, size: int, channels: int, keep_pixels: bool) -> FileCh
         pixel_sum=flat.sum(axis=1).astype(np.float64),
         pixel_sumsq=(flat * flat).sum(axis=1).astype(np.float64),
     )
+
+
+class ImageSource(Protocol):
+    """What reads a manifest's paths: fingerprints them for the disk cache, checks each
+    once, and decodes it for the DataLoaders. Image files are one source
+    (:data:`FILES`), a torchvision dataset's samples another
+    (:class:`~kedro_torch.pytorch.torchvision_data.TorchvisionSamples`); checking,
+    caching and loading take either, so they have one code path."""
+
+    def fingerprint(self, path: str) -> str: ...
+
+    def check(self, path: str, size: int, channels: int, keep_pixels: bool) -> FileCheck: ...
+
+    def decode(self, path: str, size: int, channels: int) -> np.ndarray: ...
+
+
+class ImageFiles:
+    """Manifest paths that name image files (any fsspec URL)."""
+
+    def fingerprint(self, path: str) -> str:
+        return fingerprint(path)
+
+    def check(self, path: str, size: int, channels: int, keep_pixels: bool) -> FileCheck:
+        return check_file(path, size, channels, keep_pixels)
+
+    def decode(self, path: str, size: int, channels: int) -> np.ndarray:
+        return decode(read_bytes(path), size, channels)[0]
+
+
+FILES = ImageFiles()

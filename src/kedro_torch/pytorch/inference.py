@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from kedro_torch.pytorch import data, images, loaders, models
@@ -115,12 +115,15 @@ class ModelSpec:
 
     def decode_image(self, image: Image.Image) -> np.ndarray:
         """An image in memory, turned the way its file would have been."""
-        image = images.to_channels(ImageOps.exif_transpose(image), self.channels)
-        return images.squash(image, self.decode_size)
+        return images.decode_image(image, self.decode_size, self.channels)
 
-    def load_batch(self, paths: Sequence[str]) -> torch.Tensor:
-        """The images at ``paths`` as the model's input: one normalized tensor batch."""
-        return self.preprocessor()([self.decode(path) for path in paths])
+    def load_batch(self, paths: Sequence[str],
+                   source: images.ImageSource = images.FILES) -> torch.Tensor:
+        """The images at ``paths`` (files, or the manifest paths of another ``source``
+        of images) as the model's input: one normalized tensor batch."""
+        return self.preprocessor()(
+            [source.decode(path, self.decode_size, self.channels) for path in paths]
+        )
 
 
 def image_files(listing: pd.DataFrame) -> pd.DataFrame:

@@ -114,7 +114,8 @@ def normalization_constants(
 
 
 class ImageManifestDataset(Dataset):
-    """Labelled images by path, from the store when it holds them, else decoded on access.
+    """Labelled images by path, from the store when it holds them, else decoded on access
+    (from files, or through another ``source`` of images such as a torchvision dataset).
 
     Holds paths, targets and where each image sits in the store, never decoded
     images of its own. An item is an index, or ``(index, seed)`` to run the
@@ -136,6 +137,7 @@ class ImageManifestDataset(Dataset):
         store: ImageStore | None = None,
         transform: v2.Transform | None = None,
         batch_transform: v2.Transform | None = None,
+        source: images.ImageSource = images.FILES,
     ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
@@ -143,6 +145,7 @@ class ImageManifestDataset(Dataset):
         self.targets = torch.as_tensor(targets, dtype=torch.long)
         self.channels, self.load_size = channels, load_size
         self.transform, self.batch_transform = transform, batch_transform
+        self.source = source
         self.store = store if store is not None and len(store) else None
         self._chunks, self._rows = (
             self.store.locate(content_hashes) if self.store is not None else (None, None)
@@ -161,10 +164,9 @@ class ImageManifestDataset(Dataset):
         """The decoded, resized uint8 image, before any transform."""
         if self._chunks is not None and self._chunks[index] >= 0:
             return self.store.image(int(self._chunks[index]), int(self._rows[index]))
-        pixels, _ = images.decode(
-            images.read_bytes(self.paths[index]), self.load_size, self.channels
+        return torch.from_numpy(
+            self.source.decode(self.paths[index], self.load_size, self.channels)
         )
-        return torch.from_numpy(pixels)
 
     def _transformed(self, index: int, seed: int | None) -> torch.Tensor:
         image = self.raw_image(index)

@@ -26,7 +26,7 @@ def state_dict():
 
 def test_exports_are_checked_on_the_test_split(state_dict, model_input):
     script, program = nodes.export_model(state_dict, SPEC, LABEL_MAP)
-    report = nodes.verify_exports(script, program, state_dict, SPEC, LABEL_MAP, model_input,
+    report = nodes.verify_exports(script, program, state_dict, SPEC, LABEL_MAP, model_input, {},
                                   {"batch_sizes": [1, 3]})
     assert report["images"] == 8
     assert report["within_tolerance"]
@@ -39,4 +39,17 @@ def test_an_export_of_other_weights_fails_the_check(state_dict, model_input):
     other = build_model("small_cnn", 2, 1, width=4).state_dict()
     script, program = nodes.export_model(other, SPEC, LABEL_MAP)
     with pytest.raises(ValueError, match=r"export\.tolerance"):
-        nodes.verify_exports(script, program, state_dict, SPEC, LABEL_MAP, model_input, {})
+        nodes.verify_exports(script, program, state_dict, SPEC, LABEL_MAP, model_input, {}, {})
+
+
+def test_exports_are_checked_on_the_samples_of_a_torchvision_dataset(state_dict):
+    """The test images are read as training read them: here FakeData's samples."""
+    data = {"source": "torchvision",
+            "torchvision": {"name": "FakeData", "kwargs": {"size": 6, "image_size": [1, 8, 8]}}}
+    model_input = pd.DataFrame({"path": [f"torchvision://FakeData/all/{i}" for i in range(6)],
+                                "split": ["test"] * 5 + ["train"]})
+    script, program = nodes.export_model(state_dict, SPEC, LABEL_MAP)
+    report = nodes.verify_exports(script, program, state_dict, SPEC, LABEL_MAP, model_input,
+                                  data, {"batch_sizes": [2]})
+    assert report["images"] == 5
+    assert report["within_tolerance"]

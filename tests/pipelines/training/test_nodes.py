@@ -24,6 +24,7 @@ from kedro_torch.pytorch.config import ParameterError
 from kedro_torch.pytorch.data import ImageTable
 from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec
 from tests.image_files import image_folder, write_empty_file, write_truncated_jpeg
+from tests.torchvision_roots import write_mnist
 
 DATA = {
     "image_size": 8,
@@ -71,6 +72,20 @@ def test_ingest_reads_a_manifest_table_when_the_source_says_so(small_digits):
     assert manifest["label"].tolist() == table["digit"].tolist()
     with pytest.raises(ValueError, match=r"raw_manifest_path"):
         nodes.ingest_images(None, None, data)
+
+
+def test_ingest_reads_a_torchvision_dataset_when_the_source_says_so(listing, tmp_path):
+    write_mnist(tmp_path, train_per_class=8, test_per_class=2)
+    data = {**DATA, "source": "torchvision",
+            "torchvision": {"name": "MNIST", "root": str(tmp_path)}}
+    manifest = nodes.ingest_images(listing, None, data)  # the folder listing is not read
+    assert len(manifest) == 100
+    assert manifest["path"].str.startswith("torchvision://MNIST/").all()
+    frame, label_map, _, report, _, _ = transform(manifest, data)
+    assert list(label_map) == [f"{d} - {name}" for d, name in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])]
+    assert frame.loc[frame["split"] == "test", "relative_path"].str.startswith("test/").all()
+    assert report["source"]["dataset"] == "MNIST"
 
 
 def test_transform_encodes_labels_and_splits_every_class(transformed):

@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from torch.export import ExportedProgram
 
-from kedro_torch.pytorch import export
-from kedro_torch.pytorch.config import ExportConfig, parse
+from kedro_torch.pytorch import api, export
+from kedro_torch.pytorch.config import DataConfig, ExportConfig, parse
 from kedro_torch.pytorch.inference import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -34,16 +34,18 @@ def verify_exports(
     model_spec: dict[str, Any],
     label_map: dict[str, int],
     model_input: pd.DataFrame,
+    data_params: dict[str, Any],
     export_params: dict[str, Any],
 ) -> dict:
     """Max absolute difference of each reloaded export against the eager model, per
-    batch size; an export that differs by more than the tolerance fails the run."""
+    batch size, on the test images read as training read them (``data.source``); an
+    export that differs by more than the tolerance fails the run."""
     config = parse(ExportConfig, export_params, "export")
     spec = ModelSpec.from_dict(model_spec)
     report = export.compare_with_eager(
         spec.build_model(state_dict, len(label_map)),
         {"torchscript": torchscript_model, "exported_program": exported_program.module()},
-        spec.load_batch(model_input.loc[model_input["split"] == "test", "path"].tolist()),
+        api.split_batch(model_input, spec, parse(DataConfig, data_params, "data")),
         config.batch_sizes, config.tolerance,
     )
     logger.info("Exports vs eager on %d test images: %s", report["images"],

@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 nodes.verify_exports,
                 ["torchscript_model", "exported_program", "trained_state_dict", "model_spec",
-                 "label_map", "model_input", "params:export"],
+                 "label_map", "model_input", "params:data", "params:export"],
                 "export_report",
                 name="verify_exports",
             ),

@@ -33,10 +33,13 @@ from kedro_torch.tracking.callbacks import MlflowEpochLogger
 def ingest_images(
     image_folder: pd.DataFrame, image_table: data.ImageTable | None, data_params: dict[str, Any]
 ) -> pd.DataFrame:
-    """Folder listing or image table (``data.source``) -> manifest of images."""
+    """Folder listing, image table or torchvision dataset (``data.source``) -> manifest
+    of images."""
     config = parse(DataConfig, data_params, "data")
     if config.source == "folder":
         return data.manifest_from_listing(image_folder)
+    if config.source == "torchvision":
+        return api.image_source(config).manifest()
     if image_table is None:
         raise ValueError(
             "data.source is 'manifest' but the catalog entry 'raw_manifest' loaded nothing: "
