@@ -25,12 +25,13 @@ from kedro_torch.pytorch.config import (
     ModelConfig,
     ParameterError,
     TrainingConfig,
+    TuningConfig,
     parse,
 )
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
 SECTIONS |= {"evaluation": EvaluationConfig, "mlflow": MlflowConfig,
-             "inference": InferenceConfig, "export": ExportConfig}
+             "inference": InferenceConfig, "export": ExportConfig, "tuning": TuningConfig}
 
 def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[str, Any]:
     """Check the named sections as the run will use them; raise on the first error.
@@ -49,6 +50,11 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
         models.check_model_name(configs["model"].name)
     if "training" in configs:
         _check_training(configs["training"], configs.get("data"))
+    if "tuning" in configs:
+        # Imported here: a run that does not tune needs no Optuna.
+        from kedro_torch.pytorch import tuning  # noqa: PLC0415
+
+        tuning.check_space(configs["tuning"], parameters)
     return configs
 
 

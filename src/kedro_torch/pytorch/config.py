@@ -329,7 +329,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ParameterError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
+        return {name: _coerce(args[1], item, f"{key}.{name}") for name, item in value.items()}
     if hint is Any:
         return value
     return _scalar(hint, value, key)
@@ -412,3 +412,85 @@ class ExportConfig:
             _positive(size, f"{key}.batch_sizes[{i}]")
         if self.tolerance < 0:
             raise ParameterError(f"{key}.tolerance must be 0 or more, got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class SearchDimension:
+    """One entry of ``tuning.space``: the values a trial may give one parameter."""
+
+    type: Literal["float", "int", "categorical"] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    def validate(self, key: str) -> None:
+        if self.type is None:
+            raise ParameterError(f"{key}.type is required: float, int or categorical")
+        if self.type == "categorical":
+            if not self.choices:
+                raise ParameterError(f"{key}.choices: a categorical entry needs a non-empty list")
+            given = [name for name in ("low", "high", "step") if getattr(self, name) is not None]
+            if given or self.log:
+                raise ParameterError(f"{key}: a categorical entry takes choices, not "
+                                     f"{', '.join(given or ['log'])}")
+            return
+        if self.low is None or self.high is None or self.choices is not None:
+            raise ParameterError(f"{key}: a {self.type} entry needs low and high (and no choices)")
+        if self.type == "int":
+            for name in ("low", "high", "step"):
+                if getattr(self, name) is not None and not isinstance(getattr(self, name), int):
+                    raise ParameterError(f"{key}.{name} must be an integer for type int, "
+                                         f"got {getattr(self, name)!r}")
+        if self.low > self.high:
+            raise ParameterError(f"{key}: low ({self.low}) must not exceed high ({self.high})")
+        if self.step is not None:
+            _positive(self.step, f"{key}.step")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ParameterError(f"{key}.log needs low > 0 and no step, got low={self.low}, "
+                                 f"step={self.step}")
+
+    @property
+    def extremes(self) -> list[Any]:
+        """The values that show whether the parameter takes the whole range: the
+        bounds, or every choice."""
+        if self.type == "categorical":
+            return list(self.choices)
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    space: dict[str, SearchDimension] = field(default_factory=dict)
+    n_trials: int | None = 20
+    timeout: float | None = None
+    metric: str = "val_accuracy"
+    sampler: NamedSpec = field(default_factory=lambda: NamedSpec("TPESampler"))
+    pruner: NamedSpec = field(default_factory=lambda: NamedSpec("MedianPruner"))
+    seed: int | None = 42
+    study_name: str = "kedro_torch"
+    storage: str | None = None
+
+    def validate(self, key: str) -> None:
+        if not self.space:
+            raise ParameterError(f"{key}.space is empty: name at least one parameter to search")
+        for name in ("n_trials", "timeout"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"{key}.{name}")
+        if self.n_trials is None and self.timeout is None:
+            raise ParameterError(f"{key}.n_trials and {key}.timeout are both null: the study "
+                                 "would never end; set one")
+        if self.metric not in MONITORS:
+            raise ParameterError(f"{key}.metric must be one of {', '.join(MONITORS)}, "
+                                 f"got {self.metric!r}")
+        if not self.sampler.name:
+            raise ParameterError(f"{key}.sampler.name is required")
+        if not self.study_name.strip():
+            raise ParameterError(f"{key}.study_name must not be empty")
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        """Losses go down, accuracies up."""
+        return "minimize" if "loss" in self.metric else "maximize"

@@ -1,0 +1,63 @@
+"""A study in MLflow: each trial an MLflow run of its own, nested under the run of
+the ``kedro run`` (kedro-mlflow's), so the UI shows the study as one run that
+unfolds into its trials."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlflow
+import optuna
+
+from kedro_torch.pytorch.distributed import is_main_process
+from kedro_torch.pytorch.interrupts import Interrupted
+from kedro_torch.pytorch.tuning import Objective
+from kedro_torch.tracking.callbacks import MlflowEpochLogger
+
+# How long an error message a failed trial's run keeps as its tag.
+ERROR_TAG_LENGTH = 5000
+
+
+def in_nested_runs(objective: Objective) -> Callable[[optuna.Trial], float]:
+    """``objective``, each call in a child run of the active run: the trial's values
+    as parameters, each epoch's metrics, ``final_<metric>``, and the tag
+    ``trial_state`` (COMPLETE, PRUNED or FAIL; a run stopped by a signal is KILLED).
+    The trial keeps the run's id as its user attribute ``mlflow_run_id``; the parent
+    and its children carry the tag ``optuna_study``.
+
+    Without an active run (tracking off), or off the main process, trials run untracked.
+    """
+    metric, study_name = objective.config.metric, objective.config.study_name
+    if mlflow.active_run() is not None and is_main_process():
+        mlflow.set_tag("optuna_study", study_name)
+
+    def run_trial(trial: optuna.Trial) -> float:
+        if mlflow.active_run() is None or not is_main_process():
+            return objective(trial)
+        run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={
+            "optuna_study": study_name, "trial_number": str(trial.number)})
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        state, status = "FAIL", "FAILED"
+        try:
+            value = objective(trial, callbacks=[MlflowEpochLogger()])
+            mlflow.log_metric(f"final_{metric}", value)
+            state, status = "COMPLETE", "FINISHED"
+            return value
+        except optuna.TrialPruned as pruned:
+            state, status = "PRUNED", "FINISHED"
+            mlflow.set_tag("pruned_at", str(pruned))
+            raise
+        except Interrupted:
+            status = "KILLED"
+            raise
+        except Exception as error:
+            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LENGTH])
+            raise
+        finally:
+            mlflow.flush_async_logging()  # the epochs' metrics, before the run closes
+            if trial.params:
+                mlflow.log_params(trial.params)
+            mlflow.set_tag("trial_state", state)
+            mlflow.end_run(status)
+
+    return run_trial
