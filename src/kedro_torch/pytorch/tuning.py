@@ -296,8 +296,11 @@ def study_figures(study: optuna.Study) -> dict[str, Figure]:
     figures = {}
     for name, plot in plots.items():
         try:
-            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+            # Optuna marks these plots experimental, and warns when a study of few
+            # trials leaves nothing to compare: the figure shows as much.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)
                 figure = plot(study).figure
         except (ValueError, RuntimeError) as error:
             figure = Figure()
