@@ -27,15 +27,15 @@ def in_nested_runs(objective: Objective) -> Callable[[optuna.Trial], float]:
 
     Without an active run (tracking off), or off the main process, trials run untracked.
     """
-    metric, study_name = objective.config.metric, objective.config.study_name
-    if mlflow.active_run() is not None and is_main_process():
-        mlflow.set_tag("optuna_study", study_name)
+    metric = objective.config.metric
 
     def run_trial(trial: optuna.Trial) -> float:
         if mlflow.active_run() is None or not is_main_process():
             return objective(trial)
+        study = trial.study.study_name
+        mlflow.set_tag("optuna_study", study)  # on the parent
         run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={
-            "optuna_study": study_name, "trial_number": str(trial.number)})
+            "optuna_study": study, "trial_number": str(trial.number)})
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         state, status = "FAIL", "FAILED"
         try:
