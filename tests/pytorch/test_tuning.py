@@ -17,6 +17,7 @@ from kedro_torch.pytorch.config import (
     ModelConfig,
     OptimizerConfig,
     ParameterError,
+    SearchDimension,
     TrainingConfig,
     TuningConfig,
     parse,
@@ -38,7 +39,7 @@ def parameters() -> dict:
 
 def test_the_projects_search_space_passes_the_door(parameters):
     configs = validate_parameters(parameters, {"data", "model", "training", "tuning"})
-    assert LR in configs["tuning"].space
+    assert LR in configs["tuning"].dimensions
 
 
 def with_tuning(parameters: dict, **tuning_values) -> dict:
@@ -95,6 +96,16 @@ def test_a_validation_metric_needs_a_validation_split(parameters):
     no_val["data"]["split"] |= {"train": 0.85, "val": 0.0}
     with pytest.raises(ParameterError, match=r"^tuning\.metric: val_accuracy needs a validation"):
         validate_parameters(no_val, {"data", "model", "training", "tuning"})
+
+
+def test_a_bound_given_with_params_arrives_nested_and_changes_its_entry():
+    """``--params tuning.space.model.kwargs.width.high=32`` nests what the YAML dots."""
+    space = {"model.kwargs.width": {"type": "int", "low": 16, "high": 64},
+             "model": {"kwargs": {"width": {"high": 32}, "dropout": {"type": "float",
+                                                                    "low": 0, "high": 0.5}}}}
+    assert parse(TuningConfig, {"space": space}, "tuning").dimensions == {
+        "model.kwargs.width": SearchDimension("int", 16, 32),
+        "model.kwargs.dropout": SearchDimension("float", 0.0, 0.5)}
 
 
 def test_values_go_to_their_dotted_keys_creating_what_is_missing():

@@ -10,6 +10,7 @@ that own those registries; this module only checks shape and types.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -461,9 +462,27 @@ class SearchDimension:
         return [cast(self.low), cast(self.high)]
 
 
+def _flat_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``tuning.space`` by dotted parameter name. ``--params
+    tuning.space.model.kwargs.width.high=32`` arrives nested, as
+    ``{model: {kwargs: {width: {high: 32}}}}``: it is flattened and merged into the
+    entry ``model.kwargs.width``. A mapping with any key of an entry (``type``, ``low``,
+    ...) is one."""
+    entry_keys = {f.name for f in dataclasses.fields(SearchDimension)}
+    flat: dict[str, Any] = {}
+    for name, entry in space.items():
+        key = f"{prefix}{name}"
+        is_entry = not isinstance(entry, Mapping) or not entry or bool(set(entry) & entry_keys)
+        for inner, value in ({key: entry} if is_entry else _flat_space(entry, f"{key}.")).items():
+            earlier = flat.get(inner)
+            both = isinstance(earlier, Mapping) and isinstance(value, Mapping)
+            flat[inner] = {**earlier, **value} if both else value
+    return flat
+
+
 @dataclass(frozen=True)
 class TuningConfig:
-    space: dict[str, SearchDimension] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
     n_trials: int | None = 20
     timeout: float | None = None
     metric: str = "val_accuracy"
@@ -474,7 +493,7 @@ class TuningConfig:
     storage: str | None = None
 
     def validate(self, key: str) -> None:
-        if not self.space:
+        if not self.dimensions:
             raise ParameterError(f"{key}.space is empty: name at least one parameter to search")
         for name in ("n_trials", "timeout"):
             if getattr(self, name) is not None:
@@ -489,6 +508,12 @@ class TuningConfig:
             raise ParameterError(f"{key}.sampler.name is required")
         if not self.study_name.strip():
             raise ParameterError(f"{key}.study_name must not be empty")
+
+    @functools.cached_property
+    def dimensions(self) -> dict[str, SearchDimension]:
+        """``space``'s entries by dotted parameter name, each parsed and checked."""
+        return {name: parse(SearchDimension, entry, f"tuning.space.{name}")
+                for name, entry in _flat_space(self.space).items()}
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:

@@ -95,7 +95,7 @@ def check_space(config: TuningConfig, parameters: Mapping[str, Any]) -> None:
     take: each key must name a parameter a trial can change, and its bounds (or each
     choice) must pass that parameter's checks. Then the sampler and pruner must build
     from their names and arguments, and the metric must be one an epoch records."""
-    for key, dimension in config.space.items():
+    for key, dimension in config.dimensions.items():
         where = f"tuning.space.{key}"
         if key.split(".")[0] not in TUNED_SECTIONS or "." not in key:
             raise ParameterError(f"{where}: not a parameter a trial can change; keys start "
@@ -201,7 +201,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial,
                  callbacks: Sequence[engine.Callback] = ()) -> float:
         values = {key: suggest(trial, key, dimension)
-                  for key, dimension in self.config.space.items()}
+                  for key, dimension in self.config.dimensions.items()}
         configs = trial_configs(self.parameters, values)
         data_config, model_config = configs["data"], configs["model"]
         # A trial starts afresh and draws no progress bar of its own.
