@@ -87,11 +87,19 @@ def test_a_study_nests_its_trials_and_a_second_run_continues_it(project, base):
     assert client.search_registered_models() == []  # trial models are not registered
 
     result = kedro(project, "run", "--pipelines", "tuning",
-                   "--params", ",".join([*base, "tuning.n_trials=2"]))
+                   "--params", ",".join([*base, "tuning.n_trials=2", "tuning.retrain_best=true"]))
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = study_of(runs(project)[1])
-    assert [run.info.run_name for run in children] == ["trial-3", "trial-4"]
+    assert [run.info.run_name for run in children] == ["trial-3", "trial-4", "final-model"]
     assert parent.data.metrics["study_trials"] == 5
+    best = yaml.safe_load((project / "data" / "08_reporting" / "best_params.yml").read_text())
+    final = children[-1]
+    assert final.data.params == {key: str(value) for key, value in best.items()}
+    assert 0 <= final.data.metrics["test_accuracy"] <= 1
+    assert "val_accuracy" not in final.data.metrics  # trained on train + val
+    (version,) = client.search_model_versions("name = 'kedro_torch'")
+    assert version.run_id == final.info.run_id
+    assert client.get_model_version_by_alias("kedro_torch", "champion").version == version.version
     study = optuna.load_study(study_name="kedro_torch", storage=(
         f"sqlite:///{project / 'data' / '06_models' / 'optuna_studies.db'}"))
     assert [trial.number for trial in study.trials] == list(range(5))

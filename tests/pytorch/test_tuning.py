@@ -14,6 +14,7 @@ from kedro_torch.pytorch import api, data, tuning
 from kedro_torch.pytorch.checks import validate_parameters
 from kedro_torch.pytorch.config import (
     DataConfig,
+    EvaluationConfig,
     ModelConfig,
     OptimizerConfig,
     ParameterError,
@@ -89,6 +90,14 @@ def test_a_bad_search_is_refused_naming_the_key(parameters, tuning_values, messa
     with pytest.raises(ValueError, match=message):
         validate_parameters(with_tuning(parameters, **tuning_values),
                             {"data", "model", "training", "tuning"})
+
+
+def test_retraining_on_train_and_val_is_refused_when_something_needs_validation(parameters):
+    needs_val = with_tuning(parameters, retrain_best=True)
+    needs_val["training"]["keep_best"] = True
+    with pytest.raises(ParameterError, match=r"^tuning\.retrain_best trains on the training and "
+                                             r"validation splits together, .*training\.monitor"):
+        validate_parameters(needs_val, {"data", "model", "training", "tuning"})
 
 
 def test_a_validation_metric_needs_a_validation_split(parameters):
@@ -181,6 +190,17 @@ def test_a_trial_trains_as_the_training_api_does_with_its_values(prepared, one_t
     (trial,) = study.trials
     assert trial.intermediate_values == {row["epoch"]: row["val_accuracy"] for row in history}
     assert trial.value == history[-1]["val_accuracy"]
+
+
+def test_the_final_model_trains_on_train_and_val_and_is_judged_on_test(prepared, one_thread):
+    final = objective_for(prepared).train_final({LR: 0.01}, EvaluationConfig(top_k=2))
+    assert [row["epoch"] for row in final.result.history] == [1, 2, 3]
+    assert all("val_accuracy" not in row for row in final.result.history)  # no split left
+    splits = prepared.model_input["split"]
+    assert list(final.evaluation.predictions["path"]) == list(
+        prepared.model_input.loc[splits == "test", "path"])
+    assert final.evaluation.metrics["test_accuracy"] == final.evaluation.report["accuracy"]
+    assert final.spec.model_name == "small_cnn"
 
 
 def test_a_study_resumes_in_its_database_with_new_values(tmp_path):

@@ -491,6 +491,7 @@ class TuningConfig:
     seed: int | None = 42
     study_name: str = "kedro_torch"
     storage: str | None = None
+    retrain_best: bool = False
 
     def validate(self, key: str) -> None:
         if not self.dimensions:

@@ -30,12 +30,14 @@ from kedro_torch.pytorch import api, checks, engine, models
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.config import (
     DataConfig,
+    EvaluationConfig,
     ParameterError,
     SearchDimension,
     TrainingConfig,
     TuningConfig,
     parse,
 )
+from kedro_torch.pytorch.inference import ModelSpec
 from kedro_torch.pytorch.optimizers import classes_in, resolve
 
 logger = logging.getLogger(__name__)
@@ -116,8 +118,17 @@ def check_space(config: TuningConfig, parameters: Mapping[str, Any]) -> None:
             sqlalchemy.engine.make_url(config.storage)
         except sqlalchemy.exc.ArgumentError as error:
             raise ParameterError(f"tuning.storage: not a database URL: {error}") from error
-    if config.metric.startswith("val_") and not parse(DataConfig, parameters.get("data"),
-                                                       "data").split.val:
+    split = parse(DataConfig, parameters.get("data"), "data").split
+    if config.retrain_best:
+        # Its training split takes in the validation split: nothing may need one.
+        merged = {"data.split.train": split.train + split.val, "data.split.val": 0.0}
+        try:
+            trial_configs(parameters, merged)
+        except ValueError as error:
+            raise ParameterError(f"tuning.retrain_best trains on the training and validation "
+                                 f"splits together, leaving none to validate on: {error}"
+                                 ) from error
+    if config.metric.startswith("val_") and not split.val:
         raise ParameterError(f"tuning.metric: {config.metric} needs a validation split, but "
                              "data.split.val is 0")
 
@@ -202,19 +213,46 @@ class Objective:
                  callbacks: Sequence[engine.Callback] = ()) -> float:
         values = {key: suggest(trial, key, dimension)
                   for key, dimension in self.config.dimensions.items()}
+        configs, result = self.train(values, self.model_input,
+                                     [*callbacks, ReportToTrial(trial, self.config.metric)])
+        return kept_epoch(result.history, configs["training"])[self.config.metric]
+
+    def train(self, values: Mapping[str, Any], model_input: pd.DataFrame,
+              callbacks: Sequence[engine.Callback]) -> tuple[dict[str, Any], api.FitResult]:
+        """Train with ``values`` applied to the parameters, as the training pipeline
+        would; return the configs used and the result. A trial starts afresh and draws
+        no progress bar of its own."""
         configs = trial_configs(self.parameters, values)
         data_config, model_config = configs["data"], configs["model"]
-        # A trial starts afresh and draws no progress bar of its own.
-        training = replace(configs["training"], resume=False, progress_bar=False)
-        loaders = api.build_loaders(self.model_input, self.normalization, data_config,
+        training = configs["training"] = replace(configs["training"], resume=False,
+                                                 progress_bar=False)
+        loaders = api.build_loaders(model_input, self.normalization, data_config,
                                     training.seed, images=self.images, device=training.device)
         classes = len(self.label_map)
         model = api.build_model(model_config, classes, data_config.channels, training.seed,
                                 self.pretrained)
-        result = api.fit(model, loaders, training, num_classes=classes,
-                         model_config=model_config,
-                         callbacks=[*callbacks, ReportToTrial(trial, self.config.metric)])
-        return kept_epoch(result.history, training)[self.config.metric]
+        return configs, api.fit(model, loaders, training, num_classes=classes,
+                                model_config=model_config, callbacks=callbacks)
+
+    def train_final(self, values: Mapping[str, Any], evaluation: EvaluationConfig,
+                    callbacks: Sequence[engine.Callback] = ()) -> FinalModel:
+        """The final model: ``values`` (the best trial's) trained on the training and
+        validation splits together, then evaluated on the test split, which no trial
+        was judged on."""
+        merged = self.model_input.assign(split=self.model_input["split"].replace("val", "train"))
+        configs, result = self.train(values, merged, callbacks)
+        spec = ModelSpec.from_configs(configs["model"], configs["data"], self.normalization)
+        report = api.evaluate(result.state_dict, spec, merged, self.label_map, evaluation,
+                              data_config=configs["data"], history=result.history,
+                              images=self.images, device=configs["training"].device)
+        return FinalModel(result, spec, report)
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    result: api.FitResult
+    spec: ModelSpec
+    evaluation: api.Evaluation
 
 
 def suggest(trial: optuna.Trial, key: str, dimension: SearchDimension) -> Any:

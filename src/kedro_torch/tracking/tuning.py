@@ -4,15 +4,21 @@ unfolds into its trials."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import mlflow
 import optuna
 
+from kedro_torch.pytorch.config import EvaluationConfig, InferenceConfig
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.interrupts import Interrupted
 from kedro_torch.pytorch.tuning import Objective
 from kedro_torch.tracking.callbacks import MlflowEpochLogger
+from kedro_torch.tracking.datasets import MlflowImageClassifierDataset
+
+logger = logging.getLogger(__name__)
 
 # How long an error message a failed trial's run keeps as its tag.
 ERROR_TAG_LENGTH = 5000
@@ -61,3 +67,31 @@ def in_nested_runs(objective: Objective) -> Callable[[optuna.Trial], float]:
             mlflow.end_run(status)
 
     return run_trial
+
+
+def final_model_in_nested_run(objective: Objective, best_params: Mapping[str, Any],
+                              evaluation: EvaluationConfig, inference: InferenceConfig,
+                              registered_model_name: str) -> None:
+    """Train the final model with the best trial's values on the training and
+    validation splits (:meth:`Objective.train_final`) in a child run, ``final-model``,
+    of the active run: its values as parameters, its epochs, the test metrics, the
+    evaluation report and figures, and the model, logged and registered as a training
+    run's is (the ``champion`` alias moves only to a better model)."""
+    if mlflow.active_run() is None or not is_main_process():
+        logger.warning("tuning.retrain_best: no MLflow run to keep the final model in; "
+                       "it is not trained")
+        return
+    with mlflow.start_run(run_name="final-model", nested=True,
+                          tags={"optuna_study": objective.config.study_name}):
+        mlflow.log_params(dict(best_params))
+        final = objective.train_final(best_params, evaluation, [MlflowEpochLogger()])
+        mlflow.log_metrics(final.evaluation.metrics)
+        mlflow.log_dict(final.evaluation.report, "evaluation_report.json")
+        for name, figure in final.evaluation.figures.items():
+            mlflow.log_figure(figure, f"{name}.png")
+        MlflowImageClassifierDataset().save({
+            "state_dict": final.result.state_dict, "model_spec": final.spec.to_dict(),
+            "label_map": dict(objective.label_map), "top_k": inference.top_k,
+            "batch_size": inference.batch_size, "registered_model_name": registered_model_name,
+            "metrics": final.evaluation.metrics,
+        })

@@ -6,6 +6,7 @@ import optuna
 import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from kedro_datasets.yaml import YAMLDataset
 from matplotlib.figure import Figure
 
 from kedro_torch.datasets import ImageFolderDataset, ImageStoreDataset, SqliteDatabaseDataset
@@ -19,8 +20,8 @@ TUNING = {"space": SPACE, "n_trials": 2, "seed": 0}
 
 def test_the_data_stages_are_the_training_pipelines():
     training = create_training_pipeline().only_nodes("ingest", "transform")
-    assert set(create_pipeline().nodes) - set(training.nodes) == {
-        node for node in create_pipeline().nodes if node.name == "tune"}
+    assert {node.name for node in set(create_pipeline().nodes) - set(training.nodes)} == {
+        "tune", "train_final_model"}
 
 
 @pytest.mark.e2e
@@ -37,8 +38,11 @@ def test_a_study_runs_on_data_prepared_once_and_reaches_the_catalog(small_digits
         "params:training": MemoryDataset({"epochs": 2, "progress_bar": False,
                                           "max_batches_per_epoch": 2}),
         "params:tuning": MemoryDataset(TUNING),
+        **{f"params:{name}": MemoryDataset({}) for name in ("evaluation", "inference", "mlflow")},
+        # Read by the last node: an in-memory entry would be released after it.
+        "best_params": YAMLDataset(filepath=str(tmp_path / "best_params.yml")),
         **{name: MemoryDataset() for name in (
-            "best_params", "tuning_metrics", "tuning_trials", "optimization_history_plot",
+            "tuning_metrics", "tuning_trials", "optimization_history_plot",
             "param_importances_plot", "parallel_coordinate_plot")},
     })
     SequentialRunner().run(create_pipeline(), catalog)

@@ -24,5 +24,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 },
                 name="tune",
             ),
+            node(
+                nodes.train_final_model,
+                ["best_params", "model_input", "label_map", "normalization", "decoded_images",
+                 "pretrained_state_dict", "params:data", "params:model", "params:training",
+                 "params:tuning", "params:evaluation", "params:inference", "params:mlflow"],
+                None,
+                name="train_final_model",
+            ),
         ]
     )
