@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,8 +38,6 @@ from kedro_torch.pytorch.config import (
 )
 from kedro_torch.pytorch.inference import ModelSpec
 from kedro_torch.pytorch.optimizers import classes_in, resolve
-
-logger = logging.getLogger(__name__)
 
 # The sections a trial may change.
 TUNED_SECTIONS = ("data", "model", "training")
@@ -96,7 +93,8 @@ def check_space(config: TuningConfig, parameters: Mapping[str, Any]) -> None:
     """Refuse, before any trial, a search space some of whose values no run would
     take: each key must name a parameter a trial can change, and its bounds (or each
     choice) must pass that parameter's checks. Then the sampler and pruner must build
-    from their names and arguments, and the metric must be one an epoch records."""
+    from their names and arguments, the storage be a database URL, and the splits
+    hold what the metric and ``retrain_best`` need."""
     for key, dimension in config.dimensions.items():
         where = f"tuning.space.{key}"
         if key.split(".")[0] not in TUNED_SECTIONS or "." not in key:
