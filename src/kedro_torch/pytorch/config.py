@@ -330,7 +330,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ParameterError(f"{key} must be a mapping, got {value!r}")
-        return {name: _coerce(args[1], item, f"{key}.{name}") for name, item in value.items()}
+        return dict(value)
     if hint is Any:
         return value
     return _scalar(hint, value, key)
