@@ -304,3 +304,26 @@ def _write_atomically(path: str, fs: fsspec.AbstractFileSystem,
     finally:
         if fs.exists(temporary):
             fs.rm(temporary)
+
+
+class SqliteDatabaseDataset(AbstractDataset[None, str]):
+    """A local SQLite file, loaded as its SQLAlchemy URL (``sqlite:////abs/path.db``):
+    the default storage of Optuna studies, which a study writes to trial by trial
+    rather than receiving as one object. The folder is created on load."""
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = os.path.abspath(filepath)
+        self.metadata = metadata
+
+    def load(self) -> str:
+        os.makedirs(os.path.dirname(self._filepath), exist_ok=True)
+        return f"sqlite:///{self._filepath}"
+
+    def save(self, data: str) -> None:
+        raise DatasetError(f"{type(self).__name__} is written through the URL it loads")
+
+    def _exists(self) -> bool:
+        return os.path.isfile(self._filepath)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath}

@@ -26,12 +26,13 @@ from kedro_torch.pytorch.config import (
     ModelConfig,
     ParameterError,
     TrainingConfig,
+    TuningConfig,
     parse,
 )
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
 SECTIONS |= {"evaluation": EvaluationConfig, "mlflow": MlflowConfig,
-             "inference": InferenceConfig, "export": ExportConfig}
+             "inference": InferenceConfig, "export": ExportConfig, "tuning": TuningConfig}
 
 def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[str, Any]:
     """Check the named sections as the run will use them; raise on the first error.
@@ -54,6 +55,11 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
         skeleton = _skeleton(configs["model"], configs.get("data"))
     if "training" in configs:
         _check_training(configs["training"], configs.get("data"), skeleton)
+    if "tuning" in configs:
+        # Imported here: a run that does not tune needs no Optuna.
+        from kedro_torch.pytorch import tuning  # noqa: PLC0415
+
+        tuning.check_space(configs["tuning"], parameters)
     return configs
 
 

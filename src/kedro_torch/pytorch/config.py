@@ -10,6 +10,7 @@ that own those registries; this module only checks shape and types.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -443,3 +444,110 @@ class ExportConfig:
             _positive(size, f"{key}.batch_sizes[{i}]")
         if self.tolerance < 0:
             raise ParameterError(f"{key}.tolerance must be 0 or more, got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class SearchDimension:
+    """One entry of ``tuning.space``: the values a trial may give one parameter."""
+
+    type: Literal["float", "int", "categorical"] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    def validate(self, key: str) -> None:
+        if self.type is None:
+            raise ParameterError(f"{key}.type is required: float, int or categorical")
+        if self.type == "categorical":
+            if not self.choices:
+                raise ParameterError(f"{key}.choices: a categorical entry needs a non-empty list")
+            given = [name for name in ("low", "high", "step") if getattr(self, name) is not None]
+            if given or self.log:
+                raise ParameterError(f"{key}: a categorical entry takes choices, not "
+                                     f"{', '.join(given or ['log'])}")
+            return
+        if self.low is None or self.high is None or self.choices is not None:
+            raise ParameterError(f"{key}: a {self.type} entry needs low and high (and no choices)")
+        if self.type == "int":
+            for name in ("low", "high", "step"):
+                if getattr(self, name) is not None and not isinstance(getattr(self, name), int):
+                    raise ParameterError(f"{key}.{name} must be an integer for type int, "
+                                         f"got {getattr(self, name)!r}")
+        if self.low > self.high:
+            raise ParameterError(f"{key}: low ({self.low}) must not exceed high ({self.high})")
+        if self.step is not None:
+            _positive(self.step, f"{key}.step")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ParameterError(f"{key}.log needs low > 0 and no step, got low={self.low}, "
+                                 f"step={self.step}")
+
+    @property
+    def extremes(self) -> list[Any]:
+        """The values that show whether the parameter takes the whole range: the
+        bounds, or every choice."""
+        if self.type == "categorical":
+            return list(self.choices)
+        cast = int if self.type == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+def _flat_space(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``tuning.space`` by dotted parameter name. ``--params
+    tuning.space.model.kwargs.width.high=32`` arrives nested, as
+    ``{model: {kwargs: {width: {high: 32}}}}``: it is flattened and merged into the
+    entry ``model.kwargs.width``. A mapping with any key of an entry (``type``, ``low``,
+    ...) is one."""
+    entry_keys = {f.name for f in dataclasses.fields(SearchDimension)}
+    flat: dict[str, Any] = {}
+    for name, entry in space.items():
+        key = f"{prefix}{name}"
+        is_entry = not isinstance(entry, Mapping) or not entry or bool(set(entry) & entry_keys)
+        for inner, value in ({key: entry} if is_entry else _flat_space(entry, f"{key}.")).items():
+            earlier = flat.get(inner)
+            both = isinstance(earlier, Mapping) and isinstance(value, Mapping)
+            flat[inner] = {**earlier, **value} if both else value
+    return flat
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    space: dict[str, Any] = field(default_factory=dict)
+    n_trials: int | None = 20
+    timeout: float | None = None
+    metric: str = "val_accuracy"
+    sampler: NamedSpec = field(default_factory=lambda: NamedSpec("TPESampler"))
+    pruner: NamedSpec = field(default_factory=lambda: NamedSpec("MedianPruner"))
+    seed: int | None = 42
+    study_name: str = "kedro_torch"
+    storage: str | None = None
+    retrain_best: bool = False
+
+    def validate(self, key: str) -> None:
+        if not self.dimensions:
+            raise ParameterError(f"{key}.space is empty: name at least one parameter to search")
+        for name in ("n_trials", "timeout"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"{key}.{name}")
+        if self.n_trials is None and self.timeout is None:
+            raise ParameterError(f"{key}.n_trials and {key}.timeout are both null: the study "
+                                 "would never end; set one")
+        if self.metric not in MONITORS:
+            raise ParameterError(f"{key}.metric must be one of {', '.join(MONITORS)}, "
+                                 f"got {self.metric!r}")
+        if not self.sampler.name:
+            raise ParameterError(f"{key}.sampler.name is required")
+        if not self.study_name.strip():
+            raise ParameterError(f"{key}.study_name must not be empty")
+
+    @functools.cached_property
+    def dimensions(self) -> dict[str, SearchDimension]:
+        """``space``'s entries by dotted parameter name, each parsed and checked."""
+        return {name: parse(SearchDimension, entry, f"tuning.space.{name}")
+                for name, entry in _flat_space(self.space).items()}
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        """Losses go down, accuracies up."""
+        return "minimize" if "loss" in self.metric else "maximize"
