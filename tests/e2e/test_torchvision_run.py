@@ -115,6 +115,6 @@ def test_a_cifar10_root_trains_with_its_own_test_split(project, small_digits, tm
     png = tmp_path / "exported.png"
     CIFAR10(str(root), train=False)[int(row["path"].rsplit("/", 1)[1])][0].save(png)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    predicted = model.predict([str(png)])
+    predicted = model.predict(pd.DataFrame({"path": [str(png)]}))
     assert predicted.loc[0, "label"] == row["predicted"]
     assert predicted.loc[0, "probability"] == pytest.approx(row["probability"], abs=1e-5)

@@ -11,6 +11,7 @@ import time
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
 from tests.e2e.conftest import KEDRO, kedro, latest_version
 
@@ -50,6 +51,8 @@ def test_killed_mid_epoch_and_resumed_ends_as_the_run_left_alone(project, small_
     killed.wait(timeout=30)
     dead = newest_run(client)
     assert dead.info.status == "RUNNING"  # all MLflow can know of a SIGKILL
+    experiment = client.get_experiment_by_name("kedro_torch")
+    runs_before = len(client.search_runs([experiment.experiment_id]))
 
     resumed = kedro(project, "run", "--pipelines", "training", "--params",
                     f"{params},training.resume=auto")
@@ -65,7 +68,8 @@ def test_killed_mid_epoch_and_resumed_ends_as_the_run_left_alone(project, small_
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), name
     assert client.get_metric_history(run.info.run_id, "test_accuracy")[0].step == 0
-    experiment = client.get_experiment_by_name("kedro_torch")
-    assert len(client.search_runs([experiment.experiment_id])) == 2  # alone, and this one
-    (handed_over,) = client.search_runs([experiment.experiment_id], run_view_type=2)
-    assert handed_over.data.tags["resumed_in_run"] == run.info.run_id
+    assert len(client.search_runs([experiment.experiment_id])) == runs_before  # no new run
+    (handed_over,) = client.search_runs(  # the one the resume opened, deleted
+        [experiment.experiment_id], f"tags.resumed_in_run = '{run.info.run_id}'",
+        run_view_type=ViewType.DELETED_ONLY)
+    assert handed_over.info.lifecycle_stage == "deleted"
