@@ -30,6 +30,7 @@ from kedro_torch.pytorch import distributed
 from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
 from kedro_torch.pytorch.config import MONITORS, TrainingConfig
 from kedro_torch.pytorch.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
+from kedro_torch.pytorch.loaders import batches_on
 from kedro_torch.pytorch.optimizers import ScheduledLR
 
 logger = logging.getLogger(__name__)
@@ -150,11 +151,11 @@ def predict(
     """Logits and targets of a whole loader (or its first ``max_batches``), on the CPU."""
     model.eval()
     all_logits, all_targets = [], []
-    for index, (images, targets) in enumerate(loader):
+    for index, (images, targets) in enumerate(batches_on(loader, device)):
         if max_batches is not None and index >= max_batches:
             break
-        all_logits.append(model(images.to(device, non_blocking=True)).float().cpu())
-        all_targets.append(targets)
+        all_logits.append(model(images).float().cpu())
+        all_targets.append(targets.cpu())
     return torch.cat(all_logits), torch.cat(all_targets)
 
 
@@ -168,11 +169,9 @@ def evaluate(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    for index, (images, targets) in enumerate(loader):
+    for index, (images, targets) in enumerate(batches_on(loader, device)):
         if max_batches is not None and index >= max_batches:
             break
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
         logits = model(images)
         total_loss += loss_fn(logits, targets) * len(targets)
         correct += (logits.argmax(dim=1) == targets).sum()
@@ -344,7 +343,7 @@ class Trainer:
         seen = 0
         batches = self._batches(loader)
         accumulate = self.settings.accumulate_grad_batches
-        for index, (images, targets) in enumerate(loader):
+        for index, (images, targets) in enumerate(batches_on(loader, self.device)):
             if index >= batches:
                 break
             if resumed and index < progress.batches:
@@ -355,10 +354,8 @@ class Trainer:
                         correct += progress.correct.to(self.device)
                         seen = progress.seen
                 continue
-            images = images.to(self.device, non_blocking=True)
             if self.settings.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(self.device, non_blocking=True)
             step_now = (index + 1) % accumulate == 0 or index + 1 == batches
             logits, loss = self._train_step(images, targets, step_now, accumulate)
             if self.settings.nan_guard and not torch.isfinite(loss):
