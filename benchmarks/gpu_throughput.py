@@ -17,7 +17,7 @@ height drawn from 256-500 px; kept in ``--data-dir`` and reused), checks it with
 with ``api.build_loaders`` (RandomResizedCrop to 224 and a horizontal flip per image,
 decoded at ``--load-size``) and trains ``resnet50`` with ``api.fit``, for every
 combination of the settings given (``--precision``, ``--channels-last``,
-``--compile``, ``--batch-size``). Per setting and round it times:
+``--compile``, ``--batch-size``, ``--normalize-on``). Per setting and round it times:
 
 - compute only: the same batch, made once and already on the device, fed
   ``--steps`` times: what the model, precision and loop can do when data costs nothing;
@@ -92,10 +92,22 @@ class Setting:
     channels_last: bool
     compile: bool
     batch_size: int
+    normalize_on: str
 
     def __str__(self) -> str:
         return (f"{self.precision:>4} cl={'on' if self.channels_last else 'off':<3} "
-                f"compile={'on' if self.compile else 'off':<3} batch={self.batch_size}")
+                f"compile={'on' if self.compile else 'off':<3} batch={self.batch_size} "
+                f"norm={self.normalize_on}")
+
+    @property
+    def feed(self) -> tuple[int, str]:
+        """What picks the DataLoader."""
+        return self.batch_size, self.normalize_on
+
+    @property
+    def step(self) -> tuple:
+        """What the compute-only figure depends on: not where batches are normalized."""
+        return self.precision, self.channels_last, self.compile, self.batch_size
 
 
 class StepClock(engine.Callback):
@@ -207,6 +219,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--channels-last", nargs="+", type=flag, default=[False, True])
     parser.add_argument("--compile", nargs="+", type=flag, default=[False])
     parser.add_argument("--batch-size", nargs="+", type=int, default=[256])
+    parser.add_argument("--normalize-on", nargs="+", choices=["loader", "device"],
+                        default=["loader", "device"],
+                        help="data.normalize_on: where uint8 pixels become normalized floats")
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader workers (default: data.num_workers' own choice)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per run")
@@ -234,43 +249,54 @@ def main() -> None:
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
     prepared, data_config = prepared_folder(args)
     num_classes = len(prepared.label_map)
+    settings = [Setting(*values) for values in itertools.product(
+        args.precision, args.channels_last, args.compile, args.batch_size, args.normalize_on)]
     loaders = {
-        batch: api.build_loaders(prepared.model_input, prepared.normalization,
-                                 dataclasses.replace(data_config, batch_size=batch),
-                                 seed=0, images=prepared.images,
-                                 device=device.type)["train"]
-        for batch in args.batch_size
+        (batch, where): api.build_loaders(
+            prepared.model_input, prepared.normalization,
+            dataclasses.replace(data_config, batch_size=batch, normalize_on=where),
+            seed=0, images=prepared.images, device=device.type)["train"]
+        for batch, where in {setting.feed for setting in settings}
     }
     needed = args.warmup + args.steps + 1
-    for batch, loader in loaders.items():
+    for (batch, _), loader in loaders.items():
         if len(loader) < needed:
             raise SystemExit(f"--images: {len(loader)} batches of {batch} in the training "
                              f"split, {needed} needed (--warmup + --steps + 1)")
-    settings = [Setting(*values) for values in itertools.product(
-        args.precision, args.channels_last, args.compile, args.batch_size)]
     print(f"{args.model} at {args.image_size} px, {len(settings)} settings, "
           f"{args.warmup} + {args.steps} steps x {args.repeats} rounds, workers "
-          f"{loaders[args.batch_size[0]].num_workers}, load average (1 min) "
+          f"{next(iter(loaders.values())).num_workers}, load average (1 min) "
           f"{os.getloadavg()[0]:.2f}", flush=True)
+    report(measure(settings, loaders, args, num_classes, device), args, smoke)
 
+
+def measure(settings: list[Setting], loaders: dict, args: argparse.Namespace,
+            num_classes: int, device: torch.device
+            ) -> dict[Setting, list[tuple[float, float, float]]]:
+    """Per setting, per round: compute-only and end-to-end images/s and the data-wait
+    share. The compute-only figure is taken once per round for the settings that
+    differ only in where batches are normalized."""
     results: dict[Setting, list[tuple[float, float, float]]] = {s: [] for s in settings}
     for round_ in range(args.repeats):
         turn = round_ % len(settings)
+        computed: dict[tuple, float] = {}
         for setting in settings[turn:] + settings[:turn]:
-            fake = torch.randn(setting.batch_size, 3, args.image_size, args.image_size,
-                               device=device)
-            if setting.channels_last:
-                fake = fake.contiguous(memory_format=torch.channels_last)
-            targets = torch.randint(0, num_classes, (setting.batch_size,), device=device)
-            compute, _ = timed_fit(SameBatch(fake, targets, len(loaders[setting.batch_size])),
-                                   setting, args, num_classes, device)
-            end_to_end, wait = timed_fit(loaders[setting.batch_size], setting, args,
-                                         num_classes, device)
+            if setting.step not in computed:
+                fake = torch.randn(setting.batch_size, 3, args.image_size, args.image_size,
+                                   device=device)
+                if setting.channels_last:
+                    fake = fake.contiguous(memory_format=torch.channels_last)
+                targets = torch.randint(0, num_classes, (setting.batch_size,), device=device)
+                batches = SameBatch(fake, targets, len(loaders[setting.feed]))
+                computed[setting.step], _ = timed_fit(batches, setting, args, num_classes,
+                                                      device)
+            compute = computed[setting.step]
+            end_to_end, wait = timed_fit(loaders[setting.feed], setting, args, num_classes,
+                                         device)
             results[setting].append((compute, end_to_end, wait))
             print(f"round {round_ + 1}: {setting}: compute {compute:.0f} images/s, end to end "
                   f"{end_to_end:.0f} images/s, data wait {wait:.0%}", flush=True)
-
-    report(results, args, smoke)
+    return results
 
 
 def report(results: dict[Setting, list[tuple[float, float, float]]],
@@ -280,14 +306,14 @@ def report(results: dict[Setting, list[tuple[float, float, float]]],
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     print(f"medians over {args.repeats} rounds; anchor: {ANCHOR} images/s (NVIDIA DLE "
           "ResNet-50 v1.5, 1x A100 80GB, AMP, DALI)")
-    print(f"{'setting':<36}{'compute img/s':>15}{'end-to-end img/s':>18}{'data wait':>11}"
+    print(f"{'setting':<48}{'compute img/s':>15}{'end-to-end img/s':>18}{'data wait':>11}"
           f"{'e2e/compute':>13}{'e2e/anchor':>12}")
     medians = {}
     for setting, rounds in results.items():
         compute, end_to_end, wait = (statistics.median(r[i] for r in rounds) for i in range(3))
         share = statistics.median(e / c for c, e, _ in rounds)
         medians[setting] = end_to_end, wait
-        print(f"{setting!s:<36}{compute:>15.0f}{end_to_end:>18.0f}{wait:>11.0%}"
+        print(f"{setting!s:<48}{compute:>15.0f}{end_to_end:>18.0f}{wait:>11.0%}"
               f"{share:>12.2f}x{end_to_end / ANCHOR:>11.2f}x")
     if smoke:
         print("No GPU figure was measured (CPU smoke version): the figures above are not "

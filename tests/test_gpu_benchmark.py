@@ -13,8 +13,8 @@ SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_throughput.py"
 
 def test_the_smoke_version_trains_end_to_end_and_claims_no_gpu_figure(tmp_path):
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--precision", "32", "bf16",
-         "--channels-last", "false", "--data-dir", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--smoke", "--precision", "bf16", "--channels-last",
+         "false", "--normalize-on", "loader", "device", "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
         env=os.environ | {"PYTHONPATH": str(PROJECT_ROOT / "src")},
     )
@@ -22,9 +22,9 @@ def test_the_smoke_version_trains_end_to_end_and_claims_no_gpu_figure(tmp_path):
     assert run.stdout.startswith("No GPU figure was measured")
     assert run.stdout.rstrip().endswith("the figures above are not comparable with the anchor.")
     assert "goal:" not in run.stdout
-    rounds = re.findall(r"round 1: +(\S+) cl=off compile=off batch=8: compute (\d+) images/s, "
-                        r"end to end (\d+) images/s, data wait (\d+)%", run.stdout)
-    assert [precision for precision, *_ in rounds] == ["32", "bf16"]
+    rounds = re.findall(r"round 1: bf16 cl=off compile=off batch=8 norm=(\S+): compute (\d+) "
+                        r"images/s, end to end (\d+) images/s, data wait (\d+)%", run.stdout)
+    assert sorted(where for where, *_ in rounds) == ["device", "loader"]
     assert all(int(compute) > 0 and int(end_to_end) > 0 for _, compute, end_to_end, _ in rounds)
     assert all(0 <= int(wait) <= 100 for *_, wait in rounds)
     assert len(list(tmp_path.rglob("*.jpg"))) == 48  # the folder it generated and read
