@@ -17,7 +17,9 @@ height drawn from 256-500 px; kept in ``--data-dir`` and reused), checks it with
 with ``api.build_loaders`` (RandomResizedCrop to 224 and a horizontal flip per image,
 decoded at ``--load-size``) and trains ``resnet50`` with ``api.fit``, for every
 combination of the settings given (``--precision``, ``--channels-last``,
-``--compile``, ``--batch-size``, ``--normalize-on``). Per setting and round it times:
+``--compile``, ``--batch-size``, ``--normalize-on``). Under ``--precision 32`` the
+engine runs matrix products in TF32 on a GPU of compute capability 8.0 or later, as
+NVIDIA's "TF32" figure does. Per setting and round it times:
 
 - compute only: the same batch, made once and already on the device, fed
   ``--steps`` times: what the model, precision and loop can do when data costs nothing;
@@ -231,7 +233,10 @@ def arguments() -> argparse.Namespace:
                         help="the tiny CPU version, even where CUDA is available")
     parser.add_argument("--data-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "kedro-torch-gpu-throughput")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps need at least 1 step each")
+    return args
 
 
 def main() -> None:
