@@ -248,6 +248,12 @@ def test_batches_normalized_on_the_device_are_the_loaders_own_floats(image_paths
     assert pixels.shape == (16, 3, 12, 12)
 
 
+def test_batch_transforms_need_batches_normalized_in_the_loader(image_paths):
+    mixing = batch_transform(build_transforms([("MixUp", {"alpha": 1.0})], "k", num_classes=4))
+    with pytest.raises(ValueError, match="need the batches normalized in the loader"):
+        dataset(image_paths, mixing=mixing, normalize_on="device")
+
+
 def test_training_is_the_same_wherever_the_batches_are_normalized(image_paths):
     def train(normalize_on: str) -> list[dict[str, float]]:
         built = loaders(image_paths, seed=1, normalize_on=normalize_on)

@@ -144,6 +144,9 @@ class ImageManifestDataset(Dataset):
     ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
+        if normalize_on == "device" and batch_transform is not None:
+            raise ValueError("batch transforms (MixUp, CutMix) mix normalized floats: they "
+                             "need the batches normalized in the loader, not on the device")
         self.paths = list(paths)
         self.targets = torch.as_tensor(targets, dtype=torch.long)
         self.channels, self.load_size = channels, load_size
