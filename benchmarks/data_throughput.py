@@ -61,25 +61,31 @@ CLASSES = 10
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def write_images(root: Path, count: int, size: int) -> list[tuple[str, int]]:
-    """``count`` JPEGs in ``root/<class>/``, written once and found again next time."""
+def write_images(root: Path, count: int, size: int, max_size: int | None = None,
+                 classes: int = CLASSES) -> list[tuple[str, int]]:
+    """``count`` JPEGs in ``root/<class>/``, written once and found again next time:
+    ``size`` px square, or with width and height drawn from ``[size, max_size]`` (as
+    photos come)."""
     rng = np.random.default_rng(0)
     samples = []
     for index in range(count):
-        label = index % CLASSES
+        label = index % classes
         path = root / f"class_{label}" / f"{index:05d}.jpg"
         samples.append((str(path), label))
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        ramp = np.linspace(0, 255, size, dtype=np.float32)
+        width, height = (size, size) if max_size is None else rng.integers(size, max_size + 1, 2)
+        across = np.linspace(0, 255, width, dtype=np.float32)
+        down = np.linspace(0, 255, height, dtype=np.float32)
         tint = rng.uniform(0.3, 1.0, size=3)
-        background = (ramp[None, :, None] * tint + ramp[:, None, None] * (1 - tint)) / 2
+        background = (across[None, :, None] * tint + down[:, None, None] * (1 - tint)) / 2
         image = Image.fromarray(background.astype(np.uint8))
         draw = ImageDraw.Draw(image)
+        side = min(width, height)
         for _ in range(6):
-            x, y = rng.integers(0, size, 2)
-            radius = int(rng.integers(size // 16, size // 4))
+            x, y = rng.integers(0, width), rng.integers(0, height)
+            radius = int(rng.integers(side // 16, side // 4))
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
             shape((x - radius, y - radius, x + radius, y + radius), fill=colour)

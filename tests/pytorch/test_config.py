@@ -288,6 +288,11 @@ def test_data_transforms_become_named_specs():
         ({"split": {"group_column": 3}}, "data.split.group_column must be str"),
         ({"normalize": {"mean": None, "std": [0.5]}},
          "data.normalize.mean and data.normalize.std must both be given, or both be null"),
+        ({"normalize_on": "gpu"}, "data.normalize_on must be one of 'loader', 'device'"),
+        ({"normalize_on": "device",
+          "transforms": {"train_batch": [{"name": "MixUp", "kwargs": {"alpha": 0.2}}]}},
+         "data.normalize_on: device leaves batches as uint8 pixels, but "
+         "data.transforms.train_batch (MixUp, CutMix)"),
     ],
 )
 def test_data_layer_keys_are_checked(data, expected):

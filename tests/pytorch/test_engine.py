@@ -126,6 +126,29 @@ def test_a_callback_overriding_nothing_is_accepted():
     assert len(history) == 1
 
 
+class Float32Modes(Callback):
+    """The float32 precision settings in force during each epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_start(self, epoch):
+        self.seen.append(float32_modes())
+
+
+def float32_modes() -> tuple[str, str, str]:
+    return (torch.backends.cuda.matmul.fp32_precision,
+            torch.backends.cudnn.conv.fp32_precision, torch.get_float32_matmul_precision())
+
+
+def test_training_on_the_cpu_leaves_float32_precision_as_it_was():
+    """TF32 is a CUDA GPU's business: on the CPU a float32 fit changes no global setting."""
+    before, modes = float32_modes(), Float32Modes()
+    train_once(seed=0, epochs=2, callbacks=[modes])
+    assert modes.seen == [before, before]
+    assert float32_modes() == before
+
+
 def test_same_seed_gives_identical_weights():
     model_a, history_a = train_once(seed=7)
     model_b, history_b = train_once(seed=7)

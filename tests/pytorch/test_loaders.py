@@ -12,22 +12,27 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import SequentialSampler
 
 from kedro_torch.pytorch.cache import ImageStore
-from kedro_torch.pytorch.config import DataConfig
+from kedro_torch.pytorch.config import DataConfig, TrainingConfig
 from kedro_torch.pytorch.data import check_images
+from kedro_torch.pytorch.engine import Trainer, seed_everything
 from kedro_torch.pytorch.loaders import (
     ImageManifestDataset,
     SeededSampler,
     batch_transform,
+    batches_on,
     build_dataloaders,
     build_transforms,
     default_num_workers,
     image_transform,
 )
+from kedro_torch.pytorch.models import SmallCNN
 from tests.image_files import write_image
 
+CPU = torch.device("cpu")
 AUGMENT = [("RandomResizedCrop", {"size": 12, "scale": (0.3, 1.0)}),
            ("randomhorizontalflip", {}),  # names match whatever their case
            ("ColorJitter", {"brightness": 0.5}),
@@ -84,11 +89,11 @@ def image_paths(tmp_path_factory) -> list[str]:
 
 
 def dataset(paths, *, store=None, content_hashes=None, transform=None, mixing=None,
-            targets=None) -> ImageManifestDataset:
+            targets=None, normalize_on="loader") -> ImageManifestDataset:
     return ImageManifestDataset(
         paths, targets if targets is not None else [i % 4 for i in range(len(paths))],
         channels=3, load_size=16, mean=[0.5], std=[0.5], content_hashes=content_hashes,
-        store=store, transform=transform, batch_transform=mixing,
+        store=store, transform=transform, batch_transform=mixing, normalize_on=normalize_on,
     )
 
 
@@ -224,13 +229,52 @@ def test_mixup_makes_soft_targets_reproducibly(image_paths):
     assert first_batch(loaders(image_paths, mixing=mixing)["test"])[1].dim() == 1
 
 
+def test_batches_normalized_on_the_device_are_the_loaders_own_floats(image_paths):
+    """``normalize_on: device`` hands uint8 pixels to the device and normalizes them
+    there: the model sees exactly the floats the workers would have made."""
+    transform = image_transform(build_transforms(AUGMENT, "k"), 12, 16)
+    on_loader = loaders(image_paths, seed=5, workers=2, transform=transform)
+    on_device = loaders(image_paths, seed=5, workers=2, transform=transform,
+                        normalize_on="device")
+    expected = list(batches_on(on_loader["train"], CPU))
+    received = list(batches_on(on_device["train"], CPU))
+    assert len(received) == len(expected) == 6
+    for (images, targets), (floats, labels) in zip(received, expected, strict=True):
+        assert images.dtype == torch.float32
+        assert torch.equal(images, floats)
+        assert torch.equal(targets, labels)
+    pixels, _ = first_batch(on_device["test"])
+    assert pixels.dtype == torch.uint8
+    assert pixels.shape == (16, 3, 12, 12)
+
+
+def test_batch_transforms_need_batches_normalized_in_the_loader(image_paths):
+    mixing = batch_transform(build_transforms([("MixUp", {"alpha": 1.0})], "k", num_classes=4))
+    with pytest.raises(ValueError, match="need the batches normalized in the loader"):
+        dataset(image_paths, mixing=mixing, normalize_on="device")
+
+
+def test_training_is_the_same_wherever_the_batches_are_normalized(image_paths):
+    def train(normalize_on: str) -> list[dict[str, float]]:
+        built = loaders(image_paths, seed=1, normalize_on=normalize_on)
+        seed_everything(0)
+        model = SmallCNN(3, 4, width=8)
+        trainer = Trainer(model, [torch.optim.SGD(model.parameters(), lr=0.1)],
+                          nn.CrossEntropyLoss(), CPU,
+                          TrainingConfig(epochs=2, progress_bar=False))
+        return trainer.fit(built["train"], built["val"])
+
+    assert train("device") == train("loader")
+
+
 # --- memory ------------------------------------------------------------------------------
 
 PEAK_MEMORY_SCRIPT = """
 import json, sys
 from kedro_torch.pytorch.data import check_images
+from kedro_torch.pytorch.models import SmallCNN
 from kedro_torch.pytorch.cache import ImageStore
-from kedro_torch.pytorch.config import DataConfig
+from kedro_torch.pytorch.config import DataConfig, TrainingConfig
 from kedro_torch.pytorch.loaders import ImageManifestDataset, build_dataloaders
 
 def peak_kib():

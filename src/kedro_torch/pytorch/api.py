@@ -155,7 +155,7 @@ def build_loaders(
     datasets = {
         split: _dataset(rows, config.channels, config.decode_size, normalization, images,
                         transforms["train" if split == "train" else "eval"],
-                        mixing if split == "train" else None, source)
+                        mixing if split == "train" else None, source, config.normalize_on)
         for split, rows in model_input.groupby("split", sort=False)
     }
     pin_memory = engine.resolve_device(device).type == "cuda"
@@ -165,12 +165,13 @@ def build_loaders(
 def _dataset(rows: pd.DataFrame, channels: int, load_size: int,
              normalization: Mapping[str, Sequence[float]], store: ImageStore | None,
              transform, batch_transform=None, source: images.ImageSource = images.FILES,
-             ) -> loaders.ImageManifestDataset:
+             normalize_on: str = "loader") -> loaders.ImageManifestDataset:
     return loaders.ImageManifestDataset(
         rows["path"].tolist(), rows["target"].tolist(), channels=channels, load_size=load_size,
         mean=normalization["mean"], std=normalization["std"],
         content_hashes=rows["content_hash"].tolist(), store=store,
         transform=transform, batch_transform=batch_transform, source=source,
+        normalize_on=normalize_on,
     )
 
 
@@ -203,7 +204,7 @@ def build_model(
 RESUMABLE_KEYS = frozenset({
     "training.epochs", "training.resume", "training.keep_checkpoints",
     "training.progress_bar", "training.device", "data.num_workers",
-    "data.persistent_workers", "data.prefetch_factor", "data.cache",
+    "data.persistent_workers", "data.prefetch_factor", "data.cache", "data.normalize_on",
     "training.strategy", "training.devices", "training.dist_backend", "training.dist_timeout",
     "data.torchvision.root", "data.torchvision.download",
 })

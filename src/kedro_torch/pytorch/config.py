@@ -124,6 +124,9 @@ class DataConfig:
     num_workers: int | None = None
     persistent_workers: bool = True
     prefetch_factor: int | None = None
+    # Where uint8 images become normalized floats: in the DataLoader's workers, or on
+    # the training device after the copy (a quarter of the bytes to pass and copy).
+    normalize_on: Literal["loader", "device"] = "loader"
     split: SplitConfig = field(default_factory=SplitConfig)
 
     def validate(self, key: str) -> None:
@@ -155,6 +158,12 @@ class DataConfig:
                 )
         if any(value <= 0 for value in self.normalize.std or []):
             raise ParameterError(f"{key}.normalize.std values must be greater than 0")
+        if self.normalize_on == "device" and self.transforms.train_batch:
+            raise ParameterError(
+                f"{key}.normalize_on: device leaves batches as uint8 pixels, but "
+                f"{key}.transforms.train_batch (MixUp, CutMix) mixes normalized floats in the "
+                "DataLoader; use normalize_on: loader with batch transforms"
+            )
         self.split.validate(f"{key}.split")
 
     @property

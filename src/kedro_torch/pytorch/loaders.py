@@ -4,7 +4,9 @@ Plain PyTorch. Per image, a ``(channels, size, size)`` uint8 tensor comes from t
 :class:`~kedro_torch.pytorch.cache.ImageStore` when it holds the image, or is decoded
 from the file; the per-image transforms (``torchvision.transforms.v2``, chosen by
 name) run on it; then a whole batch is converted to float and normalized at once,
-and the batch transforms (MixUp, CutMix) run on it.
+and the batch transforms (MixUp, CutMix) run on it. With ``normalize_on="device"``
+the batch stays uint8 and :func:`batches_on` normalizes it on the training device,
+with the same operations, after a copy of a quarter of the bytes.
 
 Randomness: the training sampler pairs every index with a seed drawn from one
 seeded generator, and each image's transforms run under that seed. So the same
@@ -17,7 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -138,9 +140,13 @@ class ImageManifestDataset(Dataset):
         transform: v2.Transform | None = None,
         batch_transform: v2.Transform | None = None,
         source: images.ImageSource = images.FILES,
+        normalize_on: str = "loader",
     ):
         if len(paths) != len(targets):
             raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
+        if normalize_on == "device" and batch_transform is not None:
+            raise ValueError("batch transforms (MixUp, CutMix) mix normalized floats: they "
+                             "need the batches normalized in the loader, not on the device")
         self.paths = list(paths)
         self.targets = torch.as_tensor(targets, dtype=torch.long)
         self.channels, self.load_size = channels, load_size
@@ -150,7 +156,8 @@ class ImageManifestDataset(Dataset):
         self._chunks, self._rows = (
             self.store.locate(content_hashes) if self.store is not None else (None, None)
         )
-        self._scale, self._shift = normalization_constants(mean, std)
+        self.normalization = normalization_constants(mean, std)
+        self.normalize_on = normalize_on
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -178,6 +185,8 @@ class ImageManifestDataset(Dataset):
             return self.transform(image)
 
     def _normalized(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.normalize_on == "device":
+            return batch
         if get_worker_info() is None:
             out = torch.empty(batch.shape, dtype=torch.float32)
         else:
@@ -185,7 +194,7 @@ class ImageManifestDataset(Dataset):
             # then reaches the main process without one more copy of its floats.
             storage = torch.UntypedStorage._new_shared(batch.numel() * 4)
             out = torch.empty(0, dtype=torch.float32).set_(storage).view(batch.shape)
-        return out.copy_(batch).mul_(self._scale).sub_(self._shift)
+        return normalize(batch, out, *self.normalization)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
@@ -206,6 +215,25 @@ class ImageManifestDataset(Dataset):
     @staticmethod
     def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch
+
+
+def normalize(pixels: torch.Tensor, out: torch.Tensor, scale: torch.Tensor,
+              shift: torch.Tensor) -> torch.Tensor:
+    """uint8 ``pixels`` as normalized floats in ``out``: the loader's and the device's way."""
+    return out.copy_(pixels).mul_(scale).sub_(shift)
+
+
+def batches_on(loader: Iterable, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    """A loader's ``(images, targets)`` on ``device``; uint8 images (``data.normalize_on:
+    device``) are normalized there, as the loader's workers would have."""
+    constants = None
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True)
+        if inputs.dtype == torch.uint8:
+            if constants is None:
+                constants = [c.to(device) for c in loader.dataset.normalization]
+            inputs = normalize(inputs, torch.empty(inputs.shape, device=device), *constants)
+        yield inputs, targets.to(device, non_blocking=True)
 
 
 @contextmanager
