@@ -38,6 +38,15 @@ def copy_project(root: Path) -> Path:
     return root
 
 
+def bootstrapped(request: pytest.FixtureRequest, fixture: str) -> Path:
+    """The project copy of ``fixture`` (an alias a module imported the ``project``
+    fixture under: a copy of its own), set up for KedroSessions in this process.
+    Requested by name: a parameter named like the imported fixture would shadow it."""
+    copy = request.getfixturevalue(fixture)
+    bootstrap_project(copy)
+    return copy
+
+
 def kedro(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the kedro CLI in ``project`` as a user would; output captured as text."""
     return subprocess.run(

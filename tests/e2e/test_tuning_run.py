@@ -12,13 +12,12 @@ import optuna
 import pytest
 import yaml
 from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from tests.e2e.conftest import KEDRO, kedro
+from tests.e2e.conftest import KEDRO, bootstrapped, kedro
 
 # The end-to-end tests' project copy, under a name of its own: a study of its own.
 from tests.e2e.conftest import project as tuning_project  # noqa: F401
@@ -31,9 +30,7 @@ SPACE = ("training.optimizer.kwargs.lr", "training.optimizer.kwargs.weight_decay
 
 @pytest.fixture(scope="module")
 def project(request) -> Path:
-    copy = request.getfixturevalue("tuning_project")
-    bootstrap_project(copy)
-    return copy
+    return bootstrapped(request, "tuning_project")
 
 
 @pytest.fixture(scope="module")

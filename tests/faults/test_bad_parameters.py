@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from omegaconf import OmegaConf
 
-from tests.e2e.conftest import kedro
+from tests.e2e.conftest import bootstrapped, kedro
 
 # The end-to-end tests' project copy, under a name of its own: a copy for this module,
 # apart from tests/faults/conftest.py's, which the tests beside it point at MLflow servers.
@@ -124,11 +123,7 @@ BAD_PARAMETERS = [
 
 @pytest.fixture(scope="module")
 def project(request) -> Path:
-    """This module's project copy, set up for sessions in this process. Requested by
-    name: a parameter named like the imported fixture would shadow it."""
-    copy = request.getfixturevalue("bad_parameters_project")
-    bootstrap_project(copy)
-    return copy
+    return bootstrapped(request, "bad_parameters_project")
 
 
 @pytest.fixture(scope="module")

@@ -212,30 +212,37 @@ class MlflowRunHook:
             self._monitor = None
 
 
-class InterruptedRunHook:
-    """Records a run that SIGTERM or SIGINT stopped as KILLED, with where it stopped.
+class FollowsTheRun:
+    """Knows the id of this process's MLflow run (``_run_id``; None on ranks other than
+    0 and for untracked pipelines): the one kedro-mlflow opened, then, from the node
+    that resumes a checkpoint on, the earlier run a resume continues
+    (:mod:`kedro_torch.tracking.resume`)."""
 
-    kedro-mlflow marks every run whose pipeline raised FAILED; this runs after it
-    (``trylast``) and puts the status right, so no interrupted run passes for a
-    failed one, or a finished one.
-    """
-
-    def __init__(self) -> None:
-        self._run_id: str | None = None
+    _run_id: str | None = None
 
     @hook_impl(trylast=True)
     def before_pipeline_run(self) -> None:
         """Imported here, not with the module: asking for the run imports MLflow."""
         import mlflow  # noqa: PLC0415
 
+        from kedro_torch.pytorch.distributed import is_main_process  # noqa: PLC0415
+
         run = mlflow.active_run()
-        self._run_id = run.info.run_id if run is not None else None
+        self._run_id = run.info.run_id if run is not None and is_main_process() else None
 
     @hook_impl
     def before_node_run(self) -> None:
-        """The run may have changed, to the one a resume continues."""
         if self._run_id is not None:
             self.before_pipeline_run()
+
+
+class InterruptedRunHook(FollowsTheRun):
+    """Records a run that SIGTERM or SIGINT stopped as KILLED, with where it stopped.
+
+    kedro-mlflow marks every run whose pipeline raised FAILED; this runs after it
+    (``trylast``) and puts the status right, so no interrupted run passes for a
+    failed one, or a finished one.
+    """
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception) -> None:

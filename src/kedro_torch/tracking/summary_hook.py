@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
+from kedro_torch.tracking.hooks import FollowsTheRun
+
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
     from kedro.io import DataCatalog
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class RunSummaryHook:
+class RunSummaryHook(FollowsTheRun):
     """Gives the MLflow run a Markdown description (data, model, main parameters,
     result) and prints, as the run's last lines, the test accuracy, the run's name and
     id, how to open it in the MLflow UI, and where its artifacts, model and files are.
@@ -28,27 +30,10 @@ class RunSummaryHook:
 
     def __init__(self) -> None:
         self._context: KedroContext | None = None
-        self._run_id: str | None = None
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
         self._context = context
-
-    @hook_impl(trylast=True)
-    def before_pipeline_run(self) -> None:
-        """Imported here, not with the module: asking for the run imports MLflow and torch."""
-        import mlflow  # noqa: PLC0415
-
-        from kedro_torch.pytorch.distributed import is_main_process  # noqa: PLC0415
-
-        run = mlflow.active_run()
-        self._run_id = run.info.run_id if run is not None and is_main_process() else None
-
-    @hook_impl
-    def before_node_run(self) -> None:
-        """The run may have changed, to the one a resume continues."""
-        if self._run_id is not None:
-            self.before_pipeline_run()
 
     @hook_impl(trylast=True)
     def after_pipeline_run(
