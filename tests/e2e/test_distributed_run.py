@@ -17,6 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e.conftest import KEDRO, copy_project, kedro, latest_version
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +90,32 @@ def test_training_devices_2_trains_what_torchrun_trains(torchrun_job, small_digi
         first.data.metrics["test_accuracy"])
     for output in OUTPUTS:
         assert len(list((project / "data" / output).iterdir())) == 2, output
+
+
+def test_two_machines_meeting_at_a_rendezvous_train_one_job(tmp_path_factory, small_digits,
+                                                            torchrun_job):
+    """Two torchrun agents of one process each, joined by a c10d rendezvous as on two
+    machines that share the project's folder: one job, one MLflow run with 2 nodes,
+    and the training of the one-machine job of two processes."""
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    agent = [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-machines",
+             "-m", "kedro", "run", "--pipelines", "training", "--params", params(small_digits)]
+    # One thread per process, as torchrun sets it for several processes on a machine, so
+    # that the kernels sum in the same order as in the one-machine job.
+    agents = [subprocess.Popen(agent, cwd=project, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outputs = [agent.communicate(timeout=600)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs[0][-3000:]
+    (run,) = runs(project)
+    assert run.info.status == "FINISHED"
+    assert {key: run.data.tags[key] for key in ("world_size", "nodes", "processes_per_node",
+                                                "global_batch_size")} == {
+        "world_size": "2", "nodes": "2", "processes_per_node": "1", "global_batch_size": "16"}
+    for output in OUTPUTS:
+        assert len(list((project / "data" / output).iterdir())) == 1, output
+    pd.testing.assert_frame_equal(history(project), history(torchrun_job[0]), atol=1e-5)
 
 
 def wait_for_a_checkpoint(job: subprocess.Popen, checkpoints: Path) -> None:

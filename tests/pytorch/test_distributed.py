@@ -135,22 +135,25 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _as_rank(rank: int, world: int, port: int, target: Callable, args: tuple) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                       "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+def _as_rank(rank: int, world: int, per_node: int, port: int, target: Callable,
+             args: tuple) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank % per_node),
+                       "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(per_node),
+                       "GROUP_RANK": str(rank // per_node), "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     target(rank, *args)
 
 
-def run_ranks(target: Callable, *args, world: int = 2) -> None:
-    """``target(rank, *args)`` in ``world`` new processes, with torchrun's environment.
+def run_ranks(target: Callable, *args, world: int = 2, per_node: int | None = None) -> None:
+    """``target(rank, *args)`` in ``world`` new processes, with torchrun's environment
+    for machines of ``per_node`` processes each (default: one machine).
 
     Forked from a fork server, which has imported torch once: quicker than spawning,
     and unlike forking this process, safe after it has run autograd."""
     multiprocessing.set_forkserver_preload([__name__])
-    mp.start_processes(_as_rank, args=(world, _free_port(), target, args), nprocs=world,
-                       start_method="forkserver")
+    mp.start_processes(_as_rank, args=(world, per_node or world, _free_port(), target, args),
+                       nprocs=world, start_method="forkserver")
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +290,16 @@ def test_local_rank_0_computes_once_and_every_rank_gets_its_result(tmp_path, fai
         else:
             assert result["computed_by"] == 0
             assert result["tensor"].tolist() == [0, 1, 2]
+
+
+def test_each_machine_computes_once_for_its_own_ranks(tmp_path):
+    """Two machines of two processes each (ranks 0-1 and 2-3, as torchrun numbers them):
+    local rank 0 of each computes, and its result reaches that machine's ranks only."""
+    run_ranks(_share_as_rank, str(tmp_path), False, world=4, per_node=2)
+    assert sorted((tmp_path / "calls").read_text().split()) == ["0", "2"]
+    computed_by = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["computed_by"]
+                   for rank in range(4)]
+    assert computed_by == [0, 0, 2, 2]
 
 
 def _rank_main(rank: int, folder: str) -> None:

@@ -66,7 +66,7 @@ def test_git_state_gives_the_commit_and_whether_the_tree_is_dirty(tmp_path):
 def test_device_tags_are_the_resolved_device_and_processes():
     assert device_tags({"device": "cpu"}) == {
         "device": "cpu", "strategy": "single", "world_size": "1", "backend": "none",
-        "nodes": "1", "processes_per_node": "1", "global_batch_size": "64"}
+        "nodes": "1", "processes_per_node": "1", "global_batch_size": "32"}
     tags = device_tags({"device": "cpu", "devices": 2}, {"batch_size": 16})
     assert tags | {"device": "cpu", "strategy": "ddp", "world_size": "2", "backend": "gloo",
                    "processes_per_node": "2", "global_batch_size": "32"} == tags

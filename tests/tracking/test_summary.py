@@ -31,7 +31,7 @@ def test_the_note_gives_the_result_first_then_data_model_and_training():
 def test_a_run_without_evaluation_or_data_check_still_says_what_it_trained():
     note = run_note({}, {}, None, None)
     assert "Test accuracy" not in note and "Data" not in note
-    assert note.startswith("- **Input:** 16x16 px, grey, batch size 64")
+    assert note.startswith("- **Input:** 16x16 px, grey, batch size 32")
 
 
 def test_the_ui_hint_opens_the_training_view_of_a_local_store_or_a_server(monkeypatch):

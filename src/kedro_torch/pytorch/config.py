@@ -118,7 +118,7 @@ class DataConfig:
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
     max_bad_fraction: float = 0.01
     cache: Literal["none", "memory", "disk"] = "memory"
-    batch_size: int = 64
+    batch_size: int = 32
     eval_batch_size: int | None = None
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     num_workers: int | None = None
