@@ -53,9 +53,14 @@ class ParameterValidationHook:
         sections = {name.removeprefix("params:") for name in inputs} & set(checks.SECTIONS)
         configs = (checks.validate_parameters(catalog.load("parameters"), sections)
                    if sections else {})
-        for entry in sorted(inputs & self._read(configs)):
+        read = self._read(configs)
+        for entry in sorted(inputs & read):
             if not catalog.exists(entry):
                 raise self._missing(entry, catalog)
+        # Kedro loads every input of a node: an entry this run does not read loads as
+        # None, so that its path need not exist (the image folder of a manifest run).
+        for entry in sorted(inputs & self.INPUT_PATHS.keys() - read):
+            _keep_in_memory(catalog, entry, data=None)
         if "data" in configs and configs["data"].source == "torchvision":
             api.image_source(configs["data"]).open()  # its root and splits, read once
         if "training_checkpoints" in inputs and {"data", "model", "training"} <= configs.keys():
@@ -91,6 +96,19 @@ class ParameterValidationHook:
         return ParameterError(f"{key}: {what} {str(path)!r} does not exist")
 
 
+def _keep_in_memory(catalog: DataCatalog, name: str, **kwargs: Any) -> None:
+    """A ``MemoryDataset(**kwargs)`` in place of the catalog's entry for this run,
+    without the warning the catalog logs for each replaced entry."""
+    from kedro.io import MemoryDataset  # noqa: PLC0415
+
+    disabled = logging.root.manager.disable
+    logging.disable(max(disabled, logging.WARNING))
+    try:
+        catalog[name] = MemoryDataset(**kwargs)
+    finally:
+        logging.disable(disabled)
+
+
 class DistributedHook:
     """Under torchrun every rank runs the session; this makes them one job.
 
@@ -118,11 +136,8 @@ class DistributedHook:
             self._started = distributed.start(
                 training, distributed.plan(training, engine.resolve_device(training.device)))
         if not distributed.is_main_process():
-            from kedro.io import MemoryDataset  # noqa: PLC0415
-
-            logging.disable(logging.WARNING)  # the catalog warns of each replaced entry
             for name in pipeline.all_outputs():
-                catalog[name] = MemoryDataset(copy_mode="assign")
+                _keep_in_memory(catalog, name, copy_mode="assign")
             logging.disable(logging.INFO)
 
     @hook_impl

@@ -50,19 +50,21 @@ def quality_report(project: Path) -> dict:
                       .read_text())
 
 
-def test_fakedata_trains_evaluates_and_logs_a_run_like_a_folder(project, small_digits):
-    # raw_images is an input of ingest whatever the source, so it must exist; unused here.
+def test_fakedata_trains_evaluates_and_logs_a_run_like_a_folder(project, tmp_path):
+    # The image folder, an input of the ingest node, is not read: it need not exist.
     result = kedro(project, "run", "--pipelines", "training", "--params", ",".join([
         "data.source=torchvision", "data.torchvision.name=FakeData",
         "data.torchvision.kwargs.size=60", "data.torchvision.kwargs.num_classes=2",
         "data.image_size=8", "data.batch_size=16", "training.epochs=2",
-        "training.progress_bar=false", f"raw_images_path={small_digits}",
+        "training.progress_bar=false", f"raw_images_path={tmp_path / 'no_such_folder'}",
     ]))
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = latest_run(project)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.torchvision.name"] == "FakeData"
     assert run.data.params["data.torchvision.kwargs.size"] == "60"
+    assert "60 images in 2 classes from `torchvision.datasets.FakeData`" in run.data.tags[
+        "mlflow.note.content"]
     assert 0 <= run.data.metrics["test_accuracy"] <= 1
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
     assert sorted(steps) == [1, 2]
@@ -81,13 +83,12 @@ def test_fakedata_trains_evaluates_and_logs_a_run_like_a_folder(project, small_d
     assert len(predictions) == report["images_per_split"]["test"]
 
 
-def test_a_cifar10_root_trains_with_its_own_test_split(project, small_digits, tmp_path,
-                                                       monkeypatch, tracking_uri_kept):
+def test_a_cifar10_root_trains_with_its_own_test_split(project, tmp_path, monkeypatch,
+                                                       tracking_uri_kept):
     root = tmp_path / "cifar10"
     md5s, _, _ = write_cifar10(root, train_per_class=10, test_per_class=3)
     trust_cifar10_files(monkeypatch, md5s)
     run_pipeline(project, "training", {
-        "raw_images_path": str(small_digits),
         "data": {"source": "torchvision", "torchvision": {"name": "CIFAR10", "root": str(root)},
                  "channels": 3, "image_size": 8, "batch_size": 16},
         "training": {"epochs": 3, "progress_bar": False},

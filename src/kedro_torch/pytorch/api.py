@@ -371,17 +371,22 @@ def _fit_here(
                              callbacks, checkpoints, checkpoint_tags)
     logger.info("Training %s on %s for %d epochs%s", type(model).__name__, device,
                 config.epochs, _in_processes(trainer.plan, train_loader.batch_size))
-    resume = config.resume or ("auto" if distributed.restarted() else False)
     if checkpoints is not None:
         checkpoints.claim()
     try:
-        history = trainer.fit(train_loader, val_loader, resume=resume)
+        history = trainer.fit(train_loader, val_loader, resume=resume_mode(config))
     finally:
         if checkpoints is not None:
             checkpoints.release()
     trained = trainer.eval_model
     state_dict = {name: tensor.detach().cpu() for name, tensor in trained.state_dict().items()}
     return FitResult(state_dict, history, trained)
+
+
+def resume_mode(config: TrainingConfig) -> bool | str:
+    """``training.resume``; ``auto`` in a job that torchrun restarted after a failure, whose
+    workers must carry on from the last checkpoint with nobody there to ask them."""
+    return config.resume or ("auto" if distributed.restarted() else False)
 
 
 def _in_processes(resolved: distributed.Plan, batch_size: int | None) -> str:

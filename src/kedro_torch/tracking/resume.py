@@ -37,7 +37,7 @@ def run_to_continue(inputs: Mapping[str, Any]) -> str | None:
     """
     active = mlflow.active_run()
     training = parse(TrainingConfig, inputs["params:training"], "training")
-    if active is None or not training.resume:
+    if active is None or not api.resume_mode(training):
         return None
     identity = api.training_identity(parse(DataConfig, inputs["params:data"], "data"),
                                      parse(ModelConfig, inputs["params:model"], "model"),

@@ -81,8 +81,12 @@ def run_note(parameters: dict[str, Any], metrics: dict[str, float],
 
 
 def input_location(catalog: DataCatalog, parameters: dict[str, Any]) -> str | None:
-    """Where the images were read from: the folder, or the table (``data.source``)."""
+    """Where the images were read from: the folder, the table or the torchvision dataset
+    (``data.source``)."""
     data = parse(DataConfig, parameters.get("data"), "data")
+    if data.source == "torchvision":
+        dataset = f"torchvision.datasets.{data.torchvision.name}"
+        return f"{dataset} in {data.torchvision.root}" if data.torchvision.root else dataset
     entry = "raw_manifest" if data.source == "manifest" else "raw_images"
     if entry not in catalog:
         return None
