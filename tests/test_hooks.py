@@ -1,12 +1,16 @@
 """The project's own Kedro hooks that concern no MLflow run: how a signal outside
-training ends a kedro run (the exit status, the resume command)."""
+training ends a kedro run (the exit status, the resume command), and how a run reads
+back the versions it wrote."""
 
+import json
 import os
 import signal
 
 import pytest
+from kedro.io import DataCatalog
+from kedro.pipeline import Pipeline, node
 
-from kedro_torch.hooks import InterruptionHook, resume_command
+from kedro_torch.hooks import InterruptionHook, RunVersionsHook, resume_command
 from kedro_torch.pytorch.interrupts import Interrupted
 
 RUN_PARAMS = {"pipeline_names": ["training"], "env": "team",
@@ -42,3 +46,41 @@ def test_the_resume_command_repeats_the_run_with_resume_auto():
         "kedro run --pipelines training --env team --params "
         "raw_images_path=/data/pets,training.epochs=3,training.resume=auto"
     )
+
+
+def report_catalog(folder, save_version: str) -> DataCatalog:
+    return DataCatalog.from_config(
+        {"report": {"type": "json.JSONDataset", "filepath": str(folder / "report.json"),
+                    "versioned": True}}, save_version=save_version)
+
+
+def same(value):
+    return value
+
+
+WRITES_AND_READS_REPORT = Pipeline([node(same, "params:a", "report", name="write"),
+                                    node(same, "report", "copy", name="read")])
+
+
+def test_a_run_reads_back_its_own_version_while_another_run_writes_a_newer_one(tmp_path):
+    """Kedro would load the newest version: the other run's, whose version (the time it
+    started) is later, when it saved first."""
+    mine = report_catalog(tmp_path, "2026-01-01T00.00.00.000Z")
+    RunVersionsHook().before_pipeline_run(WRITES_AND_READS_REPORT, mine)
+    report_catalog(tmp_path, "2026-01-01T00.00.01.000Z").save("report", {"run": "theirs"})
+    mine.save("report", {"run": "mine"})
+    assert mine.load("report") == {"run": "mine"}
+    assert DataCatalog.from_config({"report": {  # a later run, which only reads it
+        "type": "json.JSONDataset", "filepath": str(tmp_path / "report.json"),
+        "versioned": True}}).load("report") == {"run": "theirs"}
+
+
+def test_a_file_written_before_its_entry_was_versioned_becomes_its_earliest_version(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"run": "before versioning"}))
+    os.utime(tmp_path / "report.json", (1_700_000_000, 1_700_000_000))
+    catalog = report_catalog(tmp_path, "2026-01-01T00.00.00.000Z")
+    RunVersionsHook().before_pipeline_run(WRITES_AND_READS_REPORT, catalog)
+    catalog.save("report", {"run": "this one"})
+    assert catalog.load("report") == {"run": "this one"}
+    kept = tmp_path / "report.json" / "2023-11-14T22.13.20.000Z" / "report.json"
+    assert json.loads(kept.read_text()) == {"run": "before versioning"}

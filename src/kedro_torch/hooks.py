@@ -11,9 +11,13 @@ import gc
 import logging
 import shlex
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset, Version
+from kedro.io.core import VERSION_FORMAT, AbstractDataset, AbstractVersionedDataset
 
 from kedro_torch.pytorch import distributed, interrupts
 from kedro_torch.pytorch.config import TrainingConfig, flatten, parse
@@ -60,7 +64,7 @@ class ParameterValidationHook:
         # Kedro loads every input of a node: an entry this run does not read loads as
         # None, so that its path need not exist (the image folder of a manifest run).
         for entry in sorted(inputs & self.INPUT_PATHS.keys() - read):
-            _keep_in_memory(catalog, entry, data=None)
+            _replace(catalog, entry, MemoryDataset(data=None))
         if "data" in configs and configs["data"].source == "torchvision":
             api.image_source(configs["data"]).open()  # its root and splits, read once
         if "training_checkpoints" in inputs and {"data", "model", "training"} <= configs.keys():
@@ -96,17 +100,58 @@ class ParameterValidationHook:
         return ParameterError(f"{key}: {what} {str(path)!r} does not exist")
 
 
-def _keep_in_memory(catalog: DataCatalog, name: str, **kwargs: Any) -> None:
-    """A ``MemoryDataset(**kwargs)`` in place of the catalog's entry for this run,
-    without the warning the catalog logs for each replaced entry."""
-    from kedro.io import MemoryDataset  # noqa: PLC0415
-
+def _replace(catalog: DataCatalog, name: str, dataset: AbstractDataset) -> None:
+    """``dataset`` in place of the catalog's entry for this run, without the warning the
+    catalog logs for each replaced entry."""
     disabled = logging.root.manager.disable
     logging.disable(max(disabled, logging.WARNING))
     try:
-        catalog[name] = MemoryDataset(**kwargs)
+        catalog[name] = dataset
     finally:
         logging.disable(disabled)
+
+
+class RunVersionsHook:
+    """Each run reads back the versions it wrote itself.
+
+    Kedro loads a versioned entry at its newest version, and a version is the time its
+    run started. With two runs at once in one project, the run started second has the
+    newer versions: when it saves a file first, the other run's next node loads that
+    one instead of its own (evaluation would score the other run's model, and the
+    MLflow run would record it). So every versioned output of the
+    pipeline is loaded at the run's own save version; entries the pipeline only reads
+    still load their newest version (``--from-nodes evaluate`` reads the last
+    training's model). The intermediate files are versioned for the same reason.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        if not distributed.is_main_process():  # the other ranks write nothing
+            return
+        for name in sorted(pipeline.all_outputs()):
+            dataset = catalog.get(name)
+            version = (dataset.resolve_save_version()
+                       if isinstance(dataset, AbstractVersionedDataset) else None)
+            if version is not None:  # None: a file dataset with versioning off
+                _version_an_unversioned_file(dataset)
+                _replace(catalog, name, catalog.get(name, version=Version(version, version)))
+
+
+def _version_an_unversioned_file(dataset: AbstractVersionedDataset) -> None:
+    """A local file left where a versioned entry keeps its versions (by a project from
+    before the entry was versioned) becomes its earliest version, dated by the file's
+    modification time: Kedro would refuse to save beside it, and it is kept."""
+    path = Path(str(getattr(dataset, "_filepath", "")))  # where Kedro keeps the versions
+    if getattr(dataset, "_protocol", None) != "file" or not path.is_file():
+        return
+    stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    version = stamp.strftime(VERSION_FORMAT)[:-4] + "Z"  # milliseconds, as Kedro writes
+    aside = path.with_name(f".{path.name}.unversioned")
+    path.rename(aside)
+    (path / version).mkdir(parents=True)
+    aside.rename(path / version / path.name)
+    logger.info("Moved %s, written before it was versioned, to %s", path,
+                path / version / path.name)
 
 
 class DistributedHook:
@@ -137,7 +182,7 @@ class DistributedHook:
                 training, distributed.plan(training, engine.resolve_device(training.device)))
         if not distributed.is_main_process():
             for name in pipeline.all_outputs():
-                _keep_in_memory(catalog, name, copy_mode="assign")
+                _replace(catalog, name, MemoryDataset(copy_mode="assign"))
             logging.disable(logging.INFO)
 
     @hook_impl

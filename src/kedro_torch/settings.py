@@ -6,6 +6,7 @@ from kedro_torch.hooks import (
     GarbageCollectionHook,
     InterruptionHook,
     ParameterValidationHook,
+    RunVersionsHook,
     collect_rarely_during_start_up,
 )
 from kedro_torch.tracking.hooks import (
@@ -26,6 +27,7 @@ quiet_console()  # for sessions started from Python; the CLI did it already
 HOOKS = (
     ParameterValidationHook(),
     DistributedHook(),
+    RunVersionsHook(),
     RunSummaryHook(),
     MlflowArtifactHook(),
     MlflowRunHook(),

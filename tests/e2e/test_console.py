@@ -42,5 +42,6 @@ def test_a_run_shows_no_warning_and_ends_with_where_its_results_are(tmp_path, sm
     assert summary[3].split()[0] == "artifacts"
     assert summary[4].split()[0] == "model"
     assert summary[4].split()[1].startswith("models:/kedro_torch/")
-    assert summary[5].startswith("  files          data/06_models")
+    assert summary[5].startswith("  files          data/02_intermediate, data/05_model_input, "
+                                  "data/06_models")
     assert (project / "pyproject.toml").read_text() == pyproject  # telemetry wrote nothing

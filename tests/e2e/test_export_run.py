@@ -35,9 +35,9 @@ def test_exported_files_equal_the_eager_model_on_the_test_split(exported, batch_
     models = exported / "06_models"
     spec = ModelSpec.from_dict(json.loads(latest_version(models / "model_spec.json").read_text()))
     state_dict = torch.load(latest_version(models / "model_state_dict.pt"), weights_only=True)
-    label_map = json.loads((exported / "05_model_input/label_map.json").read_text())
+    label_map = json.loads(latest_version(exported / "05_model_input/label_map.json").read_text())
     eager = spec.build_model(state_dict, len(label_map))
-    model_input = pd.read_parquet(exported / "05_model_input/model_input.parquet")
+    model_input = pd.read_parquet(latest_version(exported / "05_model_input/model_input.parquet"))
     images = spec.load_batch(model_input.loc[model_input["split"] == "test", "path"].tolist())
     # Files we produced ourselves: torch.export.load unpickles, so only load trusted files.
     torchscript = torch.jit.load(latest_version(models / "model_torchscript.pt"))

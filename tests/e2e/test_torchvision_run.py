@@ -96,7 +96,8 @@ def test_a_cifar10_root_trains_with_its_own_test_split(project, tmp_path, monkey
     _, run = latest_run(project)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.torchvision.name"] == "CIFAR10"
-    model_input = pd.read_parquet(project / "data/05_model_input/model_input.parquet")
+    model_input = pd.read_parquet(latest_version(project / "data/05_model_input" /
+                                                 "model_input.parquet"))
     in_test = model_input["split"] == "test"
     assert sorted(model_input.loc[in_test, "relative_path"]) == sorted(
         f"test/{i}" for i in range(30))

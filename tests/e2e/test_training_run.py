@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.e2e.conftest import EPOCHS, kedro, latest_run, run_pipeline
+from tests.e2e.conftest import EPOCHS, kedro, latest_run, latest_version, run_pipeline
 from tests.tracking.test_model import png_bytes
 
 pytestmark = pytest.mark.e2e
@@ -82,7 +82,7 @@ def test_model_input_is_the_dataset_input_with_a_digest(finished_run, project, s
         ("mlflow.data.context", "training")
     }
     # The same images elsewhere keep the digest; other images change it.
-    table = pd.read_parquet(project / "data/05_model_input/model_input.parquet")
+    table = pd.read_parquet(latest_version(project / "data/05_model_input/model_input.parquet"))
     moved = table.assign(path="/elsewhere/" + table["relative_path"])
     assert content_digest(moved) == dataset.digest
     assert content_digest(table.iloc[1:]) != dataset.digest

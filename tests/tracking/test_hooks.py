@@ -27,6 +27,7 @@ from kedro_torch.hooks import (
     GarbageCollectionHook,
     InterruptionHook,
     ParameterValidationHook,
+    RunVersionsHook,
 )
 from kedro_torch.tracking import mlflow_hook, store
 from kedro_torch.tracking.hooks import InterruptedRunHook, MlflowHookForwarder, MlflowRunHook
@@ -161,7 +162,7 @@ def test_kedro_mlflows_hook_keeps_the_place_of_the_plugins_own(hook_manager):
     process end with the signal's status."""
     assert called_in_order(hook_manager, "before_pipeline_run") == [
         ParameterValidationHook, InterruptionHook, MlflowHookForwarder, GarbageCollectionHook,
-        DistributedHook, RunSummaryHook, MlflowRunHook, InterruptedRunHook,
+        RunVersionsHook, DistributedHook, RunSummaryHook, MlflowRunHook, InterruptedRunHook,
     ]
     # The summary comes last, once kedro-mlflow has closed the run.
     assert called_in_order(hook_manager, "after_pipeline_run") == [
