@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -129,3 +130,18 @@ def test_served_champion_labels_a_base64_png_posted_to_invocations(project, test
     assert [row["probability"] for row in rows] == pytest.approx(
         expected["probability"].tolist(), abs=1e-6)
     assert all(row["path"] is None and row["error"] is None for row in rows)
+
+
+def test_inference_runs_while_the_tracking_server_is_down(project, image_folder):
+    """The inference pipeline tracks nothing, so an environment whose mlflow.yml names a
+    server that does not answer neither refuses it nor keeps it waiting on MLflow's
+    retries."""
+    env = project / "conf" / "server_down"
+    env.mkdir(exist_ok=True)
+    (env / "mlflow.yml").write_text(
+        f"server:\n  mlflow_tracking_uri: http://127.0.0.1:{free_port()}\n")
+    started = time.monotonic()
+    result = kedro(project, "run", "--pipelines", "inference", "--env", "server_down",
+                   "--params", f"inference_images_path={image_folder}", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 60

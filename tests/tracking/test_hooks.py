@@ -204,13 +204,42 @@ def test_the_forwarder_builds_the_hook_on_the_first_call_and_passes_every_call_o
     monkeypatch.setattr(mlflow_hook, "BatchedParamsMlflowHook", Recorder)
     checked = []  # the server check, tested in tests/tracking/test_store.py
     monkeypatch.setattr(store, "check_tracking_server", checked.append)
+    monkeypatch.setattr(store, "tracked", lambda context: True)
     forwarder = MlflowHookForwarder()
     assert built == []
-    expected = []
-    for name, (_, argnames) in hook_implementations(MlflowHook).items():
-        arguments = tuple(f"{name}:{argname}" for argname in argnames[1:])  # after self
-        getattr(forwarder, name)(*arguments)
-        expected.append((name, arguments))
+    expected = call_every_hook(forwarder)
     assert len(built) == 1
     assert calls == expected
     assert checked == ["after_context_created:context"]
+
+
+def call_every_hook(forwarder: MlflowHookForwarder) -> list[tuple[str, tuple]]:
+    """Each of kedro-mlflow's hooks called on ``forwarder`` with placeholder arguments,
+    the context's first, as Kedro calls it first; the calls made."""
+    made = []
+    hooks = sorted(hook_implementations(MlflowHook).items(),
+                   key=lambda hook: hook[0] != "after_context_created")
+    for name, (_, argnames) in hooks:
+        arguments = tuple(f"{name}:{argname}" for argname in argnames[1:])  # after self
+        getattr(forwarder, name)(*arguments)
+        made.append((name, arguments))
+    return made
+
+
+def test_a_session_of_untracked_pipelines_leaves_kedro_mlflow_out(monkeypatch):
+    """Its set-up would look up the experiment on a server the pipelines never use; a
+    later session of tracked pipelines in the same process passes every call on."""
+    calls = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return lambda *args: calls.append(name)
+
+    monkeypatch.setattr(mlflow_hook, "BatchedParamsMlflowHook", Recorder)
+    monkeypatch.setattr(store, "check_tracking_server", lambda context: None)
+    forwarder = MlflowHookForwarder()
+    monkeypatch.setattr(store, "tracked", lambda context: False)
+    call_every_hook(forwarder)
+    assert calls == []
+    monkeypatch.setattr(store, "tracked", lambda context: True)
+    assert [name for name, _ in call_every_hook(forwarder)] == calls

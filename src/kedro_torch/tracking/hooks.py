@@ -38,11 +38,12 @@ class MlflowHookForwarder:
 
     def __init__(self) -> None:
         self._built: BatchedParamsMlflowHook | None = None
+        self._untracked = False  # this session's pipelines are not tracked
 
-    def _hook(self) -> BatchedParamsMlflowHook:
+    def _hook(self) -> BatchedParamsMlflowHook | _Untracked:
         """Imported here, not with the module: defining the class imports MLflow."""
-        if self._built is None and launch_rank() != 0:
-            self._built = _Untracked()  # torchrun's other ranks: no MLflow run, no logging
+        if self._untracked or launch_rank() != 0:  # torchrun's other ranks log nothing
+            return _Untracked()
         if self._built is None:
             from kedro_torch.tracking.mlflow_hook import BatchedParamsMlflowHook  # noqa: PLC0415
 
@@ -53,11 +54,14 @@ class MlflowHookForwarder:
     def after_context_created(self, context: KedroContext) -> None:
         """Checks the tracking server first: kedro-mlflow's set-up here is the run's
         first request to it, which MLflow would retry for minutes if it did not answer.
+        For pipelines mlflow.yml does not track (inference, export) kedro-mlflow is left
+        out altogether: its set-up would still look up the experiment on that server.
 
         Imported here, not with the module: the check reads mlflow.yml through kedro-mlflow.
         """
-        from kedro_torch.tracking.store import check_tracking_server  # noqa: PLC0415
+        from kedro_torch.tracking.store import check_tracking_server, tracked  # noqa: PLC0415
 
+        self._untracked = not tracked(context)
         check_tracking_server(context)
         self._hook().after_context_created(context)
 

@@ -35,21 +35,30 @@ class TrackingServerUnreachable(RuntimeError):
     """The MLflow server the run would track to does not answer."""
 
 
-def check_tracking_server(context: KedroContext) -> None:
-    """Raise :class:`TrackingServerUnreachable` if the pipelines being run are tracked
-    and the tracking or registry server that mlflow.yml names does not answer.
+def tracked(context: KedroContext) -> bool:
+    """Whether this command is tracked: always in a run its caller opened, else if
+    mlflow.yml tracks the pipelines it runs.
 
     Kedro 1.7 records the pipelines asked for before it creates the context, so
-    pipelines whose tracking mlflow.yml turns off (inference, export) are not
-    refused for a server they would not write to. Elsewhere (a context created
-    without a run) the default pipeline is assumed.
+    pipelines whose tracking mlflow.yml turns off (inference, export) can be told
+    apart from the start. Elsewhere (a context created without a run) the default
+    pipeline is assumed.
     """
     if mlflow.active_run() is not None:
-        return  # kedro-mlflow then uses the run's store, which its caller has just used
-    config = mlflow_config(context)
+        return True
     requested = getattr(pipelines, "_requested_pipelines", None) or ["__default__"]
-    if not _assert_mlflow_enabled(requested, config):
+    return _assert_mlflow_enabled(requested, mlflow_config(context))
+
+
+def check_tracking_server(context: KedroContext) -> None:
+    """Raise :class:`TrackingServerUnreachable` if the pipelines being run are tracked
+    (:func:`tracked`) and the tracking or registry server that mlflow.yml names does
+    not answer: a pipeline that would not write to it is not refused for it."""
+    if mlflow.active_run() is not None:
+        return  # kedro-mlflow then uses the run's store, which its caller has just used
+    if not tracked(context):
         return
+    config = mlflow_config(context)
     server = config.server
     env = context.env or context.config_loader.default_run_env
     where = f"mlflow.yml, Kedro environment '{env}'"
