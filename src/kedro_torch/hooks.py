@@ -147,7 +147,10 @@ def _version_an_unversioned_file(dataset: AbstractVersionedDataset) -> None:
     stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
     version = stamp.strftime(VERSION_FORMAT)[:-4] + "Z"  # milliseconds, as Kedro writes
     aside = path.with_name(f".{path.name}.unversioned")
-    path.rename(aside)
+    try:
+        path.rename(aside)
+    except FileNotFoundError:  # another run, started at the same moment, moved it
+        return
     (path / version).mkdir(parents=True)
     aside.rename(path / version / path.name)
     logger.info("Moved %s, written before it was versioned, to %s", path,
