@@ -11,6 +11,7 @@ from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline, node
 
 from kedro_torch.hooks import InterruptionHook, RunVersionsHook, resume_command
+from kedro_torch.pytorch.distributed import WorkerDied
 from kedro_torch.pytorch.interrupts import Interrupted
 
 RUN_PARAMS = {"pipeline_names": ["training"], "env": "team",
@@ -30,6 +31,13 @@ def test_a_signal_while_the_pipeline_runs_ends_it_with_the_signals_status(signum
         hook.on_pipeline_error(caught.value, RUN_PARAMS)
     assert exit_status.value.code == 128 + signum
     assert signal.getsignal(signum) is previous  # the handlers were put back
+    assert resume_command(RUN_PARAMS) in capsys.readouterr().err
+
+
+def test_a_killed_training_process_fails_the_run_with_the_resume_command(capsys):
+    hook = InterruptionHook()
+    hook.before_pipeline_run()
+    hook.on_pipeline_error(WorkerDied(1, 4242, "SIGKILL", -9), RUN_PARAMS)  # no SystemExit
     assert resume_command(RUN_PARAMS) in capsys.readouterr().err
 
 

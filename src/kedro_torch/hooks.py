@@ -240,7 +240,9 @@ class InterruptionHook:
     the runner and the hooks see (SIGTERM would otherwise end the process on the
     spot, and Ctrl-C's KeyboardInterrupt passes by them); training turns them into a
     checkpoint at its next step. Registered last, so its ``trylast`` error hook runs
-    after the one that records the MLflow run as KILLED.
+    after the one that records the MLflow run as KILLED. A training process killed
+    from outside (``training.devices``) fails the run, and the log shows the same
+    command, which continues from its last checkpoint.
     """
 
     def __init__(self) -> None:
@@ -257,10 +259,11 @@ class InterruptionHook:
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
         interrupts.restore_handlers(self._handlers)
-        if isinstance(error, interrupts.Interrupted):
-            logger.warning("%s", error)
+        if isinstance(error, interrupts.Interrupted | distributed.WorkerDied):
             # Printed, not logged: the log wraps long lines, and this one is for copying.
             print(f"Resume with:\n  {resume_command(run_params)}", file=sys.stderr)
+        if isinstance(error, interrupts.Interrupted):
+            logger.warning("%s", error)
             raise SystemExit(error.exit_code)
 
 

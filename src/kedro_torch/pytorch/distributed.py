@@ -401,6 +401,20 @@ def shard_for_this_rank(sampler: Any, pad: bool = True) -> RankShardedSampler:
 # --- starting workers on this machine ---------------------------------------------------
 
 
+class WorkerDied(RuntimeError):
+    """A training process ended without an error of its own: killed by a signal, or
+    exited. The others were stopped with it."""
+
+    def __init__(self, rank: int, pid: int, signal_name: str | None, exit_code: int) -> None:
+        how = f"was killed by {signal_name}" if signal_name else f"exited with status {exit_code}"
+        why = (" SIGKILL comes from outside the process: the kernel's out-of-memory killer "
+               "(see dmesg) or a scheduler." if signal_name == "SIGKILL" else "")
+        super().__init__(
+            f"The training process of rank {rank} (pid {pid}) {how}, so the others were "
+            f"stopped.{why} The checkpoints written so far are kept: training.resume=auto "
+            "continues from the last one.")
+
+
 def spawn(worker: Callable[..., None], processes: int, args: tuple,
           on_message: Callable[[Any], None]) -> int | None:
     """Run ``worker(send, *args)`` in ``processes`` new processes, ranks 0..n-1 of one job
@@ -411,7 +425,8 @@ def spawn(worker: Callable[..., None], processes: int, args: tuple,
     images of the memory cache, move to shared memory once and every worker maps them.
     SIGTERM or SIGINT to this process is passed to the workers as SIGTERM, so that
     training stops at its next step with a checkpoint; returns the signal, if one came.
-    A worker's failure ends the others and is raised here.
+    A worker's failure ends the others and is raised here: its exception, or
+    :class:`WorkerDied` if it was killed.
     """
     import torch  # noqa: PLC0415
     import torch.multiprocessing as mp  # noqa: PLC0415
@@ -433,6 +448,10 @@ def spawn(worker: Callable[..., None], processes: int, args: tuple,
                         os.kill(process.pid, signal.SIGTERM)
                 _relay(messages, on_message)
         _relay(messages, on_message)
+    except mp.ProcessExitedException as died:
+        _relay(messages, on_message)  # what the others said before they were stopped
+        raise WorkerDied(died.error_index, died.error_pid, died.signal_name,
+                         died.exit_code) from None
     finally:
         for process in context.processes:
             if process.is_alive():
