@@ -333,21 +333,19 @@ class Recorder(engine.Callback):
 
 
 def _killed_as_rank_1(send) -> None:
-    send("started")
     if os.environ["RANK"] == "1":
         os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
     time.sleep(60)  # rank 0 waits, as in a collective, until it is stopped
 
 
 def test_a_worker_killed_from_outside_stops_the_others_and_says_which_and_how():
-    messages, started = [], time.monotonic()
+    started = time.monotonic()
     with pytest.raises(distributed.WorkerDied) as died:
-        distributed.spawn(_killed_as_rank_1, 2, (), messages.append)
-    assert time.monotonic() - started < 30
+        distributed.spawn(_killed_as_rank_1, 2, (), print)
+    assert time.monotonic() - started < 30  # rank 0 did not sleep its 60 s
     message = str(died.value)
     assert "rank 1" in message and "killed by SIGKILL" in message
     assert "out-of-memory killer" in message and "training.resume=auto" in message
-    assert messages.count("started") >= 1
 
 
 @pytest.mark.usefixtures("no_launcher")
