@@ -203,8 +203,8 @@ def test_the_forwarder_builds_the_hook_on_the_first_call_and_passes_every_call_o
 
     monkeypatch.setattr(mlflow_hook, "BatchedParamsMlflowHook", Recorder)
     checked = []  # the server check, tested in tests/tracking/test_store.py
-    monkeypatch.setattr(store, "check_tracking_server", checked.append)
-    monkeypatch.setattr(store, "tracked", lambda context: True)
+    monkeypatch.setattr(store, "check_tracking_server",
+                        lambda context: checked.append(context) or True)  # tracked
     forwarder = MlflowHookForwarder()
     assert built == []
     expected = call_every_hook(forwarder)
@@ -236,10 +236,9 @@ def test_a_session_of_untracked_pipelines_leaves_kedro_mlflow_out(monkeypatch):
             return lambda *args: calls.append(name)
 
     monkeypatch.setattr(mlflow_hook, "BatchedParamsMlflowHook", Recorder)
-    monkeypatch.setattr(store, "check_tracking_server", lambda context: None)
     forwarder = MlflowHookForwarder()
-    monkeypatch.setattr(store, "tracked", lambda context: False)
+    monkeypatch.setattr(store, "check_tracking_server", lambda context: False)  # untracked
     call_every_hook(forwarder)
     assert calls == []
-    monkeypatch.setattr(store, "tracked", lambda context: True)
+    monkeypatch.setattr(store, "check_tracking_server", lambda context: True)
     assert [name for name, _ in call_every_hook(forwarder)] == calls

@@ -59,10 +59,9 @@ class MlflowHookForwarder:
 
         Imported here, not with the module: the check reads mlflow.yml through kedro-mlflow.
         """
-        from kedro_torch.tracking.store import check_tracking_server, tracked  # noqa: PLC0415
+        from kedro_torch.tracking.store import check_tracking_server  # noqa: PLC0415
 
-        self._untracked = not tracked(context)
-        check_tracking_server(context)
+        self._untracked = not check_tracking_server(context)
         self._hook().after_context_created(context)
 
     @hook_impl

@@ -35,9 +35,12 @@ class TrackingServerUnreachable(RuntimeError):
     """The MLflow server the run would track to does not answer."""
 
 
-def tracked(context: KedroContext) -> bool:
-    """Whether this command is tracked: always in a run its caller opened, else if
-    mlflow.yml tracks the pipelines it runs.
+def check_tracking_server(context: KedroContext) -> bool:
+    """Whether this command is tracked: always in a run its caller opened (whose store
+    kedro-mlflow then uses, and which its caller has just used), else if mlflow.yml
+    tracks the pipelines it runs. If it is, raise :class:`TrackingServerUnreachable`
+    when the tracking or registry server that mlflow.yml names does not answer: a
+    pipeline that would not write to it is not refused for it.
 
     Kedro 1.7 records the pipelines asked for before it creates the context, so
     pipelines whose tracking mlflow.yml turns off (inference, export) can be told
@@ -46,19 +49,10 @@ def tracked(context: KedroContext) -> bool:
     """
     if mlflow.active_run() is not None:
         return True
-    requested = getattr(pipelines, "_requested_pipelines", None) or ["__default__"]
-    return _assert_mlflow_enabled(requested, mlflow_config(context))
-
-
-def check_tracking_server(context: KedroContext) -> None:
-    """Raise :class:`TrackingServerUnreachable` if the pipelines being run are tracked
-    (:func:`tracked`) and the tracking or registry server that mlflow.yml names does
-    not answer: a pipeline that would not write to it is not refused for it."""
-    if mlflow.active_run() is not None:
-        return  # kedro-mlflow then uses the run's store, which its caller has just used
-    if not tracked(context):
-        return
     config = mlflow_config(context)
+    requested = getattr(pipelines, "_requested_pipelines", None) or ["__default__"]
+    if not _assert_mlflow_enabled(requested, config):
+        return False
     server = config.server
     env = context.env or context.config_loader.default_run_env
     where = f"mlflow.yml, Kedro environment '{env}'"
@@ -75,6 +69,7 @@ def check_tracking_server(context: KedroContext) -> None:
                 "instead: run with `--env <env>` where conf/<env>/mlflow.yml has `server: "
                 "{mlflow_tracking_uri: sqlite:///mlflow.db, mlflow_registry_uri: null}`."
             )
+    return True
 
 
 def mlflow_config(context: KedroContext) -> KedroMlflowConfig:
