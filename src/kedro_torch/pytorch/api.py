@@ -386,7 +386,7 @@ def _fit_here(
 def resume_mode(config: TrainingConfig) -> bool | str:
     """``training.resume``; ``auto`` in a job that torchrun restarted after a failure, whose
     workers must carry on from the last checkpoint with nobody there to ask them."""
-    return config.resume or ("auto" if distributed.restarted() else False)
+    return config.resume or ("auto" if distributed.restarts() else False)
 
 
 def _in_processes(resolved: distributed.Plan, batch_size: int | None) -> str:

@@ -89,9 +89,10 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def restarted() -> bool:
-    """Whether torchrun restarted this job's workers (``--max-restarts``) after a failure."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+def restarts() -> int:
+    """How many times torchrun restarted this job's workers (``--max-restarts``) after a
+    failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 # --- the plan: strategy, processes, backend ---------------------------------------------
@@ -225,9 +226,9 @@ def start(training: TrainingConfig, resolved: Plan) -> bool:
     store, this_rank, processes = next(dist.rendezvous("env://", timeout=timeout))
     # torchrun keeps its store across restarts (--max-restarts): without a prefix of
     # their own, restarted ranks would read the addresses of the processes they replace.
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(resolved.backend, store=dist.PrefixStore(f"attempt_{attempt}", store),
-                            rank=this_rank, world_size=processes, timeout=timeout)
+    attempt = dist.PrefixStore(f"attempt_{restarts()}", store)
+    dist.init_process_group(resolved.backend, store=attempt, rank=this_rank,
+                            world_size=processes, timeout=timeout)
     logger.info("Rank %d of %d joined the %s process group", rank(), world_size(),
                 resolved.backend)
     return True
