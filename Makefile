@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast viz ui benchmark clean
+.PHONY: install run test test-fast viz ui docs docs-serve screenshots benchmark clean
 
 install: $(STAMP)
 
@@ -33,10 +33,22 @@ viz: install
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
+# The documentation site: built into site/ (any warning fails), or served at
+# http://127.0.0.1:8000 while you edit docs/.
+docs: install
+	$(BIN)/mkdocs build --strict
+
+docs-serve: install
+	$(BIN)/mkdocs serve --strict
+
+# The screenshots in docs/assets/screenshots, taken afresh by the browser tests.
+screenshots: install
+	SCREENSHOTS_DIR=docs/assets/screenshots $(BIN)/python -m pytest -m e2e tests/e2e/test_views_in_browser.py
+
 benchmark: install
 	$(BIN)/python benchmarks/parity.py
 	$(BIN)/python benchmarks/process_cost.py
 	$(BIN)/python benchmarks/data_throughput.py
 
 clean:
-	rm -rf $(VENV) mlruns mlflow.db .viz build
+	rm -rf $(VENV) mlruns mlflow.db .viz build site
