@@ -1,6 +1,8 @@
 # The two commands a newcomer needs: `make run` and `make test`.
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
+# Material for MkDocs otherwise prints a banner about its successor at every build.
+export NO_MKDOCS_2_WARNING := 1
 
 PYTHON ?= python3
 VENV := .venv

@@ -3,19 +3,26 @@ the same loaders and loop, and says that it measured no GPU figure."""
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 from tests.conftest import PROJECT_ROOT
+from tests.docs.blocks import block
 
-SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_throughput.py"
+
+def smoke_command() -> list[str]:
+    """The command docs/performance.md prints, with this interpreter for .venv's."""
+    python, *arguments = shlex.split(block("gpu-benchmark-smoke"), comments=True)
+    assert python == ".venv/bin/python" and "--smoke" in arguments
+    return [sys.executable, *arguments]
 
 
 def test_the_smoke_version_trains_end_to_end_and_claims_no_gpu_figure(tmp_path):
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--precision", "bf16", "--channels-last",
-         "false", "--normalize-on", "loader", "device", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [*smoke_command(), "--precision", "bf16", "--channels-last", "false",
+         "--normalize-on", "loader", "device", "--data-dir", str(tmp_path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env=os.environ | {"PYTHONPATH": str(PROJECT_ROOT / "src")},
     )
     assert run.returncode == 0, run.stderr

@@ -44,4 +44,9 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # Parameters of conf/local override conf/base key by key, as --params does. Kedro's
+    # default replaces whole sections, and then applies --params to the local files
+    # alone: with a `training` section in conf/local, `--params tuning.n_trials=3`
+    # would leave `tuning` holding nothing but n_trials.
+    "merge_strategy": {"parameters": "soft"},
 }

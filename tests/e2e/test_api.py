@@ -1,4 +1,4 @@
-"""The plain training API without Kedro: the README's script runs as printed, and the
+"""The plain training API without Kedro: the docs' script runs as printed, and the
 API called with a run's own parameters trains what that run trained."""
 
 import re
@@ -20,21 +20,16 @@ from kedro_torch.pytorch.config import (
 )
 from kedro_torch.pytorch.inference import ModelSpec
 from tests.conftest import PROJECT_ROOT
+from tests.docs.blocks import block
 from tests.e2e.conftest import latest_version
 
 pytestmark = pytest.mark.e2e
 
 
-def readme_script() -> str:
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme.split("## Train and evaluate from Python", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_the_readme_script_trains_and_evaluates_without_kedro():
+def test_the_docs_script_trains_and_evaluates_without_kedro():
     leaked = ("\nimport sys\n"
               "print(sorted({m.split('.')[0] for m in sys.modules} & {'kedro', 'mlflow'}))")
-    result = subprocess.run([sys.executable, "-c", readme_script() + leaked], cwd=PROJECT_ROOT,
+    result = subprocess.run([sys.executable, "-c", block("python-api") + leaked], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     accuracy = float(re.search(r"test accuracy (\S+)", result.stdout).group(1))

@@ -35,13 +35,15 @@ def test_a_run_shows_no_warning_and_ends_with_where_its_results_are(tmp_path, sm
     # A log line longer than 80 columns stays whole in a file.
     assert ("Using synchronous mode for loading and saving data. Use the --async flag for "
             "potential performance gains.") in output
-    summary = result.stdout.rstrip().splitlines()[-6:]
+    summary = result.stdout.rstrip().splitlines()[-7:]
     assert summary[0].startswith("Run small_cnn-AdamW-lr0.003-1ep-")
     assert summary[1].split() == ["test", "accuracy", summary[1].split()[-1]]
+    assert summary[2].split()[:4] == ["see", "it", "make", "ui,"]
     assert "workflowType=machine_learning" in summary[2]
-    assert summary[3].split()[0] == "artifacts"
-    assert summary[4].split()[0] == "model"
-    assert summary[4].split()[1].startswith("models:/kedro_torch/")
-    assert summary[5].startswith("  files          data/02_intermediate, data/05_model_input, "
+    assert summary[3].split() == ["pipeline", "make", "viz"]
+    assert summary[4].split()[0] == "artifacts"
+    assert summary[5].split()[0] == "model"
+    assert summary[5].split()[1].startswith("models:/kedro_torch/")
+    assert summary[6].startswith("  files          data/02_intermediate, data/05_model_input, "
                                   "data/06_models")
     assert (project / "pyproject.toml").read_text() == pyproject  # telemetry wrote nothing

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.docs.blocks import block
 from tests.e2e.conftest import KEDRO
 from tests.faults.conftest import start_mlflow_server, stop_mlflow_server, write_mlflow_yml
 from tests.servers import free_port
@@ -108,8 +109,11 @@ def test_a_server_that_never_comes_back_fails_the_run_and_its_records_go_later(
         assert str(spool.parent) in re.sub(r"\s+", "", output.replace("\n", ""))
 
         server = start_mlflow_server(tmp_path, port)
-        sent = subprocess.run([sys.executable, "-m", "kedro_torch.tracking.outbox",
-                               str(spool.parent)], capture_output=True, text=True, timeout=300)
+        # The command the docs give, as typed in the project with the environment active.
+        command = block("outbox-send").replace("<run id>", spool.parent.name)
+        active = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        sent = subprocess.run(["bash", "-ec", command], cwd=project, env=active,
+                              capture_output=True, text=True, timeout=300)
         assert sent.returncode == 0, sent.stderr
         assert_complete(*the_run(uri))
         assert not spool.parent.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -34,13 +33,38 @@ def test_a_run_without_evaluation_or_data_check_still_says_what_it_trained():
     assert note.startswith("- **Input:** 16x16 px, grey, batch size 32")
 
 
-def test_the_ui_hint_opens_the_training_view_of_a_local_store_or_a_server(monkeypatch):
-    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "sqlite:///mlflow.db")
-    assert ui_hint(None, "1", "abc") == ("kedro mlflow ui (or make ui), then "
-                                         f"http://127.0.0.1:5000/#/experiments/1/runs/abc?{TRAINING_VIEW}")
-    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://mlflow.example:5000/")
-    assert ui_hint(None, "1", "abc") == (
+def test_the_project_store_is_opened_with_make_ui(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_PORT", raising=False)
+    page = f"/#/experiments/1/runs/abc?{TRAINING_VIEW}"
+    expected = f"make ui, then http://127.0.0.1:5000{page}"
+    assert ui_hint("sqlite:///mlflow.db", tmp_path, "1", "abc") == expected
+    assert ui_hint(f"sqlite:///{tmp_path}/mlflow.db", tmp_path, "1", "abc") == expected
+    # MLflow's CLI reads MLFLOW_PORT: `make ui` then listens there.
+    monkeypatch.setenv("MLFLOW_PORT", "5123")
+    assert ui_hint("sqlite:///mlflow.db", tmp_path, "1", "abc") == (
+        f"make ui, then http://127.0.0.1:5123{page}")
+
+
+def test_another_store_gets_the_command_that_opens_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_PORT", raising=False)
+    then = f", then http://127.0.0.1:5000/#/experiments/1/runs/abc?{TRAINING_VIEW}"
+    command = ".venv/bin/mlflow ui --backend-store-uri "
+    assert ui_hint("sqlite:///data/runs.db", tmp_path, "1", "abc") == (
+        command + "sqlite:///data/runs.db" + then)
+    assert ui_hint("file:///srv/mlruns", tmp_path, "1", "abc") == (
+        command + "file:///srv/mlruns" + then)
+    # Quoted where the shell would read the URI otherwise.
+    assert ui_hint("postgresql://db.example/mlflow?sslmode=require", tmp_path, "1", "abc") == (
+        command + "'postgresql://db.example/mlflow?sslmode=require'" + then)
+
+
+def test_a_tracking_server_is_its_own_ui(tmp_path):
+    assert ui_hint("http://mlflow.example:5000/", tmp_path, "1", "abc") == (
         f"http://mlflow.example:5000/#/experiments/1/runs/abc?{TRAINING_VIEW}")
+    assert ui_hint("https://mlflow.example/team", tmp_path, "1", "abc") == (
+        f"https://mlflow.example/team/#/experiments/1/runs/abc?{TRAINING_VIEW}")
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ console output saying how good the model is and where everything went."""
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +100,16 @@ def input_location(catalog: DataCatalog, parameters: dict[str, Any]) -> str | No
 def console_summary(client: MlflowClient, run: Run, context: KedroContext,
                     run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
                     ) -> str:
-    """Test accuracy, the run's name and id, how to open it, where its files are."""
+    """Test accuracy, the run's name and id, how to open it and the pipeline, where its
+    files are."""
     info = run.info
     lines = [f"Run {info.run_name} finished: MLflow run {info.run_id}"]
     if "test_accuracy" in run.data.metrics:
         lines.append(f"  test accuracy  {run.data.metrics['test_accuracy']:.4f}")
-    lines.append(f"  see it         {ui_hint(context, info.experiment_id, info.run_id)}")
+    hint = ui_hint(mlflow.get_tracking_uri(), Path(context.project_path), info.experiment_id,
+                   info.run_id)
+    lines.append(f"  see it         {hint}")
+    lines.append("  pipeline       make viz")
     lines.append(f"  artifacts      {info.artifact_uri}")
     for version in client.search_model_versions(f"run_id = '{info.run_id}'"):
         champion = client.get_registered_model(version.name).aliases.get("champion")
@@ -116,19 +122,35 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
     return "\n".join(lines)
 
 
-def ui_hint(context: KedroContext, experiment_id: str, run_id: str) -> str:
-    """The command that opens the MLflow UI on this store, and the run's page in it.
+def ui_hint(tracking_uri: str, project: Path, experiment_id: str, run_id: str) -> str:
+    """Where to see the run: its page on the tracking server, or the command that starts
+    the MLflow UI on the store and the page it will serve.
 
-    The page asks for the UI's model-training view: MLflow 3.17's UI otherwise shows
-    the GenAI view it last showed, whatever the experiment's kind.
+    Commands use the project's virtualenv by path: after ``make run`` none is activated,
+    and ``kedro mlflow ui`` starts ``mlflow`` from PATH. ``make ui`` opens the project's
+    ``mlflow.db`` only, so another store gets the command that names it. Both listen on
+    MLflow's port, 5000 unless ``MLFLOW_PORT`` says otherwise. The page asks for the
+    UI's model-training view: MLflow 3.17's UI otherwise shows the GenAI view it last
+    showed, whatever the experiment's kind.
     """
-    uri = mlflow.get_tracking_uri()
     page = f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
-    ui = getattr(getattr(context, "mlflow", None), "ui", None)
-    host, port = (ui.host, ui.port) if ui is not None else ("127.0.0.1", "5000")
-    return f"kedro mlflow ui (or make ui), then http://{host}:{port}/{page}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    if sqlite_file(tracking_uri) == (project / "mlflow.db").resolve():
+        command = "make ui"
+    else:
+        command = f".venv/bin/mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
+    port = os.environ.get("MLFLOW_PORT") or "5000"
+    return f"{command}, then http://127.0.0.1:{port}/{page}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (a relative one is relative to the
+    working folder, as SQLAlchemy reads it); None for other stores."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path.cwd() / uri.removeprefix(prefix).split("?")[0]).resolve()
 
 
 def saved_folders(pipeline: Pipeline, catalog: DataCatalog, project: Path) -> list[str]:

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 class RunSummaryHook(FollowsTheRun):
     """Gives the MLflow run a Markdown description (data, model, main parameters,
     result) and prints, as the run's last lines, the test accuracy, the run's name and
-    id, how to open it in the MLflow UI, and where its artifacts, model and files are.
+    id, the commands that show it in the MLflow UI and its pipeline in kedro-viz, and
+    where its artifacts, model and files are.
 
     Runs after kedro-mlflow has closed the run (``trylast``), so the summary comes
     last; pipelines without an MLflow run (inference, export) print nothing.
