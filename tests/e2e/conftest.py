@@ -1,12 +1,14 @@
 """A throw-away copy of the project (pyproject.toml, conf/, empty data/) per test
-session, so whole runs write their data and MLflow store there, not here; and one
-training run in it that the end-to-end tests share."""
+session, so whole runs write their data and MLflow store there, not here; one
+training run in it that the end-to-end tests share; and the system's Chromium for the
+tests that look at pages as a person would."""
 
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import mlflow
 import pytest
@@ -19,6 +21,10 @@ from tests.conftest import PROJECT_ROOT
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 EPOCHS = 6  # of the shared training run
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# Headless, and nothing the browser would fetch on its own: the tests run without network.
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +97,29 @@ def finished_run(project, small_digits) -> tuple[MlflowClient, Run]:
     })
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     return latest_run(project)
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip, saying what is missing; but fail in CI (``CI=true``), whose set-up installs
+    the browser: there a skip would leave the pages unchecked without anyone noticing."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's ``chromium`` package) driven by Playwright, which
+    downloads no browser of its own."""
+    executable = next(filter(None, map(shutil.which, BROWSERS)), None)
+    if executable is None:
+        missing("no Chromium installed (apt-get install chromium): the pages are not "
+                "checked in a browser")
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: PLC0415  (may be absent)
+    except ImportError:
+        missing("playwright is not installed (pip install playwright)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
