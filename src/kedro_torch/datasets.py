@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import IO, Any
 
@@ -19,7 +18,12 @@ from kedro.io.core import get_filepath_str, get_protocol_and_path
 from torch.export import ExportedProgram
 
 from kedro_torch.pytorch.cache import ImageStore
-from kedro_torch.pytorch.checkpoints import CheckpointStore, load_weights, state_dict_from
+from kedro_torch.pytorch.checkpoints import (
+    CheckpointStore,
+    load_weights,
+    state_dict_from,
+    write_atomically,
+)
 from kedro_torch.pytorch.data import ImageTable, list_folder
 
 
@@ -192,7 +196,7 @@ class _TorchFileDataset(AbstractVersionedDataset):
 
     def save(self, data: Any) -> None:
         save_path = get_filepath_str(self._get_save_path(), self._protocol)
-        _write_atomically(save_path, self._fs, lambda file: self._write(data, file))
+        write_atomically(save_path, lambda file: self._write(data, file), self._fs)
         self._fs.invalidate_cache(save_path)
 
     def _exists(self) -> bool:
@@ -291,19 +295,6 @@ class ExportedProgramDataset(_TorchFileDataset):
 
     def _write(self, data: ExportedProgram, file: IO[bytes]) -> None:
         torch.export.save(data, file)
-
-
-def _write_atomically(path: str, fs: fsspec.AbstractFileSystem,
-                      write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file renamed into place: never a half-written ``path``."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with fs.open(temporary, "wb") as file:
-            write(file)
-        fs.mv(temporary, path)
-    finally:
-        if fs.exists(temporary):
-            fs.rm(temporary)
 
 
 class SqliteDatabaseDataset(AbstractDataset[None, str]):

@@ -253,18 +253,26 @@ class InterruptionHook:
         self._handlers = interrupts.raise_on_signals()
 
     @hook_impl
+    def after_node_run(self) -> None:
+        """A signal whose exception Python dropped (raised in a callback at a fork, as
+        the file check starts its workers) stops the run here, at the latest."""
+        if (signum := interrupts.received()) is not None:
+            raise interrupts.Interrupted(signum)
+
+    @hook_impl
     def after_pipeline_run(self) -> None:
         interrupts.restore_handlers(self._handlers)
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
         interrupts.restore_handlers(self._handlers)
-        if isinstance(error, interrupts.Interrupted | distributed.WorkerDied):
+        interrupted = interrupts.interruption(error)
+        if interrupted is not None or isinstance(error, distributed.WorkerDied):
             # Printed, not logged: the log wraps long lines, and this one is for copying.
             print(f"Resume with:\n  {resume_command(run_params)}", file=sys.stderr)
-        if isinstance(error, interrupts.Interrupted):
-            logger.warning("%s", error)
-            raise SystemExit(error.exit_code)
+        if interrupted is not None:
+            logger.warning("%s", interrupted)
+            raise SystemExit(interrupted.exit_code)
 
 
 def resume_command(run_params: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """Project settings: hooks, configuration loading and what the console shows."""
 
 from kedro_torch.console import quiet_console
+from kedro_torch.errors import FailedNodeHook
 from kedro_torch.hooks import (
     DistributedHook,
     GarbageCollectionHook,
@@ -26,6 +27,7 @@ quiet_console()  # for sessions started from Python; the CLI did it already
 # it keeps the place the plugin's had: ahead of the project's own.
 HOOKS = (
     ParameterValidationHook(),
+    FailedNodeHook(),  # the node an unexpected error came from, for its message
     DistributedHook(),
     RunVersionsHook(),
     RunSummaryHook(),

@@ -134,7 +134,8 @@ def test_sparse_gradients_keep_the_default_implementation():
 
 
 def test_rejected_kwargs_name_their_key_with_or_without_fusing():
-    with pytest.raises(ValueError, match=r"^training\.optimizer\.kwargs: AdamW\(lr=-1\) failed"):
+    with pytest.raises(ValueError,
+                       match=r"^training\.optimizer\.kwargs\.lr: AdamW\(lr=-1\) failed"):
         build_optimizer(parameters(), "AdamW", {"lr": -1})
 
 

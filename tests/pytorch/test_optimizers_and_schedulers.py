@@ -304,8 +304,8 @@ def test_unknown_fallback_name_names_its_key():
 
 
 def test_optimizer_kwargs_it_rejects_name_the_key():
-    with pytest.raises(ValueError, match=r"^training\.optimizer\.kwargs: Rprop\(lr=0\.01, "
-                                         r"weight_decay=0\.1\) failed"):
+    with pytest.raises(ValueError, match=r"^training\.optimizer\.kwargs\.weight_decay: "
+                                         r"Rprop\(lr=0\.01, weight_decay=0\.1\) failed"):
         build_optimizers(MLP(), OptimizerConfig("Rprop", {"lr": 0.01, "weight_decay": 0.1}))
 
 

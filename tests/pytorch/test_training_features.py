@@ -545,7 +545,7 @@ def test_balanced_weights_refuse_a_class_without_examples():
 
 
 def test_unknown_loss_kwargs_name_the_key():
-    with pytest.raises(ValueError, match=r"^training\.loss\.kwargs: CrossEntropyLoss\("
+    with pytest.raises(ValueError, match=r"^training\.loss\.kwargs\.smoothing: CrossEntropyLoss\("
                                          r"smoothing=0\.1\) failed"):
         build_loss(LossConfig("CrossEntropyLoss", {"smoothing": 0.1}))
 

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from kedro_torch import settings
+from kedro_torch.errors import FailedNodeHook
 from kedro_torch.hooks import (
     DistributedHook,
     GarbageCollectionHook,
@@ -166,7 +167,8 @@ def test_kedro_mlflows_hook_keeps_the_place_of_the_plugins_own(hook_manager):
     ]
     # The summary comes last, once kedro-mlflow has closed the run.
     assert called_in_order(hook_manager, "after_pipeline_run") == [
-        MlflowRunHook, InterruptionHook, MlflowHookForwarder, DistributedHook, RunSummaryHook,
+        MlflowRunHook, FailedNodeHook, InterruptionHook, MlflowHookForwarder, DistributedHook,
+        RunSummaryHook,
     ]
     assert called_in_order(hook_manager, "on_pipeline_error") == [
         MlflowRunHook, MlflowHookForwarder, DistributedHook, InterruptedRunHook, InterruptionHook,

@@ -70,7 +70,7 @@ def requested(monkeypatch):
 def test_any_answer_of_the_server_counts(answering, status):
     answering.status = status
     assert unreachable(f"http://127.0.0.1:{answering.server_port}/") is None
-    assert answering.paths == ["/health"]
+    assert answering.paths == ["/health", store.API_PROBE]
 
 
 def test_a_gateway_saying_the_server_is_down_does_not_count(answering):
@@ -97,7 +97,8 @@ def test_a_server_that_takes_the_connection_but_says_nothing_is_refused(monkeypa
     with socket.socket() as silent:  # listens, so connecting succeeds, but never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        assert unreachable(f"http://127.0.0.1:{silent.getsockname()[1]}") == "timed out"
+        assert unreachable(f"http://127.0.0.1:{silent.getsockname()[1]}") == \
+            "no answer within 0.1 s"
 
 
 @pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "file:///tmp/mlruns", "mlruns",

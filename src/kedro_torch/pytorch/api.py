@@ -252,8 +252,7 @@ def checkpoints_for(root: CheckpointStore, identity: Mapping[str, Any],
     if training.resume is True:
         raise _made_with_others(folder, made_with, identity)
     logger.warning("training.resume: auto, but the latest checkpoint (%s) was made with other "
-                   "parameters (%s): starting afresh", folder,
-                   "; ".join(differences(made_with, identity)))
+                   "parameters (%s): starting afresh", folder, _how_other(made_with, identity))
     return store
 
 
@@ -270,6 +269,8 @@ def refuse_unresumable(root: CheckpointStore, data_config: DataConfig,
             f"training.resume is true but there is no checkpoint below {root.directory}. "
             "Set training.resume: auto to start afresh when there is none."
         )
+    if None in made.values():
+        return  # a folder whose identity is unknown may be this one: its digest tells, later
     wanted = _parameters(data_config, model_config, training)
     without_data = [{k: v for k, v in identity.items() if k != "model_input"}
                     for identity in made.values()]
@@ -277,13 +278,19 @@ def refuse_unresumable(root: CheckpointStore, data_config: DataConfig,
         raise _made_with_others(next(iter(made)), without_data[0], wanted)
 
 
-def _made_with_others(folder: str, made_with: Mapping[str, Any],
+def _made_with_others(folder: str, made_with: Mapping[str, Any] | None,
                       identity: Mapping[str, Any]) -> ValueError:
     return ValueError(
         f"training.resume: the latest checkpoint ({folder}) was made with other parameters, "
-        f"so continuing it would not be this run: {'; '.join(differences(made_with, identity))}"
+        f"so continuing it would not be this run: {_how_other(made_with, identity)}"
         ". Resume with those values, or start afresh with training.resume: auto or false"
     )
+
+
+def _how_other(made_with: Mapping[str, Any] | None, identity: Mapping[str, Any]) -> str:
+    if made_with is None:
+        return "which ones is unknown, as its identity.json is missing"
+    return "; ".join(differences(made_with, identity))
 
 
 @dataclass(frozen=True)
@@ -372,7 +379,7 @@ def _fit_here(
     logger.info("Training %s on %s for %d epochs%s", type(model).__name__, device,
                 config.epochs, _in_processes(trainer.plan, train_loader.batch_size))
     if checkpoints is not None:
-        checkpoints.claim()
+        checkpoints.claim(checkpoint_tags)
     try:
         history = trainer.fit(train_loader, val_loader, resume=resume_mode(config))
     finally:

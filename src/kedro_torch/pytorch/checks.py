@@ -3,11 +3,14 @@ every name that a registry resolves (transforms, models, optimizers, schedulers,
 losses, torchvision datasets and their arguments), and the arguments of the
 optimizer, scheduler and loss, tried for a step on a probe model with the builders
 training uses. A typo fails in a second, before the data is read and before an
-MLflow run is opened, rather than mid-training."""
+MLflow run is opened, rather than mid-training. Whatever fails here is a
+:class:`ParameterError` naming the key, down to the argument of a class where the
+failure can be pinned on one (``training.scheduler.kwargs.T_max``)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,15 +41,24 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
     """Check the named sections as the run will use them; raise on the first error.
 
     Returns the parsed sections, so that a caller reads the defaults the run will
-    use rather than the raw mapping.
+    use rather than the raw mapping. The registries' own refusals (an unknown model,
+    say) are ``ValueError``s naming the key; here, every one is a parameter's.
     """
+    try:
+        return _validated(parameters, sections)
+    except ParameterError:
+        raise
+    except ValueError as error:
+        raise ParameterError(str(error)) from error
+
+
+def _validated(parameters: dict[str, Any], sections: set[str]) -> dict[str, Any]:
     configs = {
         name: parse(SECTIONS[name], parameters.get(name), name) for name in sorted(sections)
     }
     if "data" in configs:
         for stage in ("train", "eval", "train_batch"):
-            loaders.build_transforms(configs["data"].transforms.steps(stage),
-                                     f"data.transforms.{stage}")
+            _check_transforms(configs["data"].transforms.steps(stage), f"data.transforms.{stage}")
         if configs["data"].source == "torchvision":
             torchvision_data.TorchvisionSamples(configs["data"].torchvision)
     skeleton = None
@@ -63,18 +75,59 @@ def validate_parameters(parameters: dict[str, Any], sections: set[str]) -> dict[
     return configs
 
 
+def _check_transforms(specs: list[tuple[str, dict[str, Any]]], key: str) -> None:
+    """Build the transforms as the loaders do; a refused argument is named by its key
+    (``data.transforms.train[0].kwargs.degrees``) where it can be told."""
+    try:
+        loaders.build_transforms(specs, key)
+    except ValueError as error:
+        for i, (name, kwargs) in enumerate(specs):
+            if _fails(lambda name=name, kwargs=kwargs: loaders.build_transforms(
+                    [(name, kwargs)], key)):
+                cause = error.__cause__ or error
+                leaf = optimization.culprit(
+                    cause, kwargs, lambda rest, name=name: _fails(
+                        lambda: loaders.build_transforms([(name, rest)], key)))
+                if leaf is not None:
+                    raise _refused(f"{key}[{i}].kwargs", leaf, kwargs, name, cause) from error
+                break
+        raise
+
+
 def _skeleton(model: ModelConfig, data: DataConfig | None) -> nn.Module | None:
     """The model built with ``model.kwargs`` on the meta device: no memory, no weights,
     no draw on the run's random state. None for a model whose construction computes
     with real tensors (torchvision's RegNets), which its build checks instead."""
     channels = data.channels if data is not None else 3
-    try:
+
+    def build(kwargs: dict[str, Any]) -> nn.Module:
         with torch.device("meta"):
-            return models.build_model(model.name, PROBE_CLASSES, channels, **model.kwargs)
+            return models.build_model(model.name, PROBE_CLASSES, channels, **kwargs)
+
+    try:
+        return build(model.kwargs)
     except (TypeError, ValueError) as error:  # an argument it does not take, or a value
+        leaf = optimization.culprit(error, model.kwargs,
+                                    lambda rest: _fails(lambda: build(rest)))
+        if leaf is not None:
+            raise _refused("model.kwargs", leaf, model.kwargs, model.name, error) from error
         raise ParameterError(f"model.kwargs: {model.name} refused them: {error}") from error
     except NotImplementedError:
         return None
+
+
+def _refused(key: str, leaf: str, kwargs: dict[str, Any], what: str,
+             error: BaseException) -> ParameterError:
+    given = f" with {leaf}={kwargs[leaf]!r}" if leaf in kwargs else ""
+    return ParameterError(f"{key}.{leaf}: {what} failed{given}: {error}")
+
+
+def _fails(action: Callable[[], Any]) -> bool:
+    try:
+        action()
+    except Exception:
+        return True
+    return False
 
 
 def _check_training(training: TrainingConfig, data: DataConfig | None,
@@ -88,7 +141,10 @@ def _check_training(training: TrainingConfig, data: DataConfig | None,
     if fallback is not None:  # built only for Muon and SparseAdam, so resolved here
         optimization.resolve(fallback, optimization.optimizer_classes(),
                              "training.optimizer.fallback.name")
-    schedulers = _step_a_probe(training, data, main)
+    try:
+        schedulers = _step_a_probe(training, data, main)
+    except _StepFailed as failed:
+        raise _to_the_argument(failed, training, data, main) from failed.__cause__
     if model is not None and main in {getattr(torch.optim, "Muon", None), torch.optim.SparseAdam}:
         with _quiet(optimization.logger):  # the parameters it takes, which it checks
             optimization.split_parameters(main, model, "training.optimizer")
@@ -179,7 +235,51 @@ def _attempt(key: str, what: str, action: Callable[[], Any]) -> None:
     try:
         action()
     except Exception as error:
-        raise ParameterError(f"{key}: {what} failed: {error}") from error
+        raise _StepFailed(key, what, error) from error
+
+
+class _StepFailed(ParameterError):
+    """A step of the probe failed on the arguments under ``key``."""
+
+    def __init__(self, key: str, what: str, error: Exception):
+        super().__init__(f"{key}: {what} failed: {error}")
+        self.key, self.what, self.error = key, what, error
+
+
+# The argument mappings that the probe's steps read, by key: where each is in the
+# training section.
+STEPPED_ARGUMENTS = {
+    "training.optimizer.kwargs": ("optimizer",),
+    "training.optimizer.fallback.kwargs": ("optimizer", "fallback"),
+    "training.scheduler.kwargs": ("scheduler",),
+    "training.loss.kwargs": ("loss",),
+}
+
+
+def _to_the_argument(failed: _StepFailed, training: TrainingConfig, data: DataConfig | None,
+                     main: type) -> ParameterError:
+    """The failure, named by the key of the one argument behind it where it can be told:
+    the probe steps again without each argument of that mapping in turn."""
+    path = STEPPED_ARGUMENTS.get(failed.key)
+    if path is None:
+        return ParameterError(str(failed))
+    section = training
+    for part in path:
+        section = getattr(section, part)
+    kwargs = {name: value for name, value in section.kwargs.items() if value is not None}
+    leaf = optimization.culprit(failed.error, kwargs, lambda rest: _fails(
+        lambda: _step_a_probe(_with_kwargs(training, path, rest), data, main)))
+    if leaf is None:
+        return ParameterError(str(failed))
+    return _refused(failed.key, leaf, kwargs, failed.what, failed.error)
+
+
+def _with_kwargs(config: Any, path: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
+    """``config`` with the ``kwargs`` of the section at ``path`` replaced."""
+    if not path:
+        return dataclasses.replace(config, kwargs=kwargs)
+    return dataclasses.replace(
+        config, **{path[0]: _with_kwargs(getattr(config, path[0]), path[1:], kwargs)})
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from kedro_torch.pytorch import images
 from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
 from kedro_torch.pytorch.config import SplitConfig
+from kedro_torch.pytorch.interrupts import leave_ctrl_c_to_the_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ def check_images(
     reads the paths: image files, or the samples of a torchvision dataset.
     """
     channels, size, _ = store.image_shape
+    images.read_timeout()  # a bad bound is refused here, not in a worker's traceback
     fingerprints = [_fingerprint(source, path) for path in paths] if use_fingerprints else None
     if fingerprints is not None:
         entries = store.checked([f or "" for f in fingerprints]).reset_index()
@@ -245,6 +247,7 @@ def check_images(
     chunk, array = store.new_chunk(len(todo)) if keep_pixels and len(todo) else (None, None)
     checker = _FileChecker([paths[i] for i in todo], size, channels, keep_pixels, source)
     loader = DataLoader(checker, batch_size=CHECK_BATCH, num_workers=num_workers,
+                        worker_init_fn=leave_ctrl_c_to_the_main_process,
                         collate_fn=_as_list)
     columns = {c: entries[c].to_numpy(dtype=object).copy() for c in [*ENTRY_COLUMNS, "missing"]}
     checks = (check for batch in loader for check in batch)

@@ -583,8 +583,16 @@ class Trainer:
     def _resume(
         self, resume: bool | Literal["auto"], generators: list[torch.Generator]
     ) -> EpochProgress | None:
-        """Restore the last checkpoint; return the progress of the epoch it interrupted."""
-        state = self.checkpoints.load() if self.checkpoints is not None else None
+        """Restore the last checkpoint; return the progress of the epoch it interrupted.
+
+        Files that cannot be read are set aside, and ``auto`` continues the newest that
+        can, or starts afresh; ``True`` stops, naming the file (see
+        :meth:`CheckpointStore.resume_point`)."""
+        state = None
+        if self.checkpoints is not None:
+            name = self.checkpoints.resume_point(strict=resume is True,
+                                                 with_best=self.settings.restores_best)
+            state = self.checkpoints.load(name) if name is not None else None
         if state is None:
             where = self.checkpoints or "(no checkpoint folder)"
             if resume != "auto":
@@ -592,7 +600,8 @@ class Trainer:
                     f"training.resume is true but there is no checkpoint in {where}. Set "
                     "training.resume: auto to start afresh when there is none."
                 )
-            logger.info("training.resume: auto, and no checkpoint in %s: starting afresh", where)
+            logger.info("training.resume: auto, and no checkpoint in %s to continue: starting "
+                        "afresh", where)
             return None
         self._check_schedule_length(state["planned_epochs"])
         self.model.load_state_dict(state["model"])

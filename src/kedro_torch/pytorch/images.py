@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
 import torch
+from fsspec.asyn import AsyncFileSystem
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
+
+from kedro_torch.pytorch.config import ParameterError
 
 # Transparent pixels are composited on white: scans, icons and logos with an alpha
 # channel are drawn on white far more often than on black.
@@ -27,6 +33,21 @@ BACKGROUND = (255, 255, 255, 255)
 ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 SIXTEEN_BIT_MAX = 65535
 TORCH_RESIZE_FROM = 96 * 96  # source pixels from which torch resizes faster than PIL
+# The bound on reading one file over the network (http(s) and fsspec's other
+# asynchronous filesystems), in seconds. An environment variable, not a parameter: the
+# files are read in DataLoader workers, by the inference pipeline and by a served model
+# too, and a bound on the network does not change what a run trains.
+READ_TIMEOUT_VARIABLE = "KEDRO_TORCH_READ_TIMEOUT"
+READ_TIMEOUT_S = 60.0
+
+# A host that let a read time out is not asked again by this process for a while: a
+# manifest of a thousand URLs on a host that hangs costs one bound, not a thousand.
+SILENT_HOST_PAUSE_S = 300.0
+_silent_hosts: dict[str, tuple[float, str]] = {}  # host -> (until, what timed out)
+
+
+class ReadTimedOut(TimeoutError):
+    """A file over the network that did not arrive within :func:`read_timeout`."""
 
 
 @dataclass(frozen=True)
@@ -43,12 +64,52 @@ class FileCheck:
 
 
 def read_bytes(path: str) -> bytes:
-    """The whole file; plain paths skip fsspec's URL parsing, which costs per file."""
+    """The whole file; plain paths skip fsspec's URL parsing, which costs per file.
+
+    Over the network the read is one request (``cat_file``), given up after
+    :func:`read_timeout` seconds with :class:`ReadTimedOut` naming the URL: fsspec's
+    http filesystem would otherwise wait on a host that takes the connection and never
+    answers for aiohttp's five minutes, twice (``open`` asks for the size first).
+    """
     if "://" not in path:
         with open(path, "rb") as file:
             return file.read()
-    with fsspec.open(path, "rb") as file:
-        return file.read()
+    filesystem, inner = fsspec.core.url_to_fs(path)
+    if not isinstance(filesystem, AsyncFileSystem):
+        return filesystem.cat_file(inner)
+    host = _host(path)
+    until, earlier = _silent_hosts.get(host, (0.0, ""))
+    if time.monotonic() < until:
+        raise ReadTimedOut(f"{path}: not asked, {earlier}")
+    seconds = read_timeout()
+    try:
+        # fsspec runs the request on its event loop and cancels it at the deadline.
+        return filesystem.cat_file(inner, timeout=seconds)
+    except TimeoutError as error:  # fsspec's FSTimeoutError, aiohttp's ServerTimeoutError
+        what = f"{host} did not send {path} within {seconds:g} s ({READ_TIMEOUT_VARIABLE})"
+        _silent_hosts[host] = (time.monotonic() + SILENT_HOST_PAUSE_S, what)
+        raise ReadTimedOut(what) from error
+
+
+def read_timeout() -> float:
+    """Seconds one read over the network may take: ``KEDRO_TORCH_READ_TIMEOUT``, else 60."""
+    value = os.environ.get(READ_TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return READ_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ParameterError(f"{READ_TIMEOUT_VARIABLE} must be a number of seconds greater "
+                             f"than 0, got {value!r}")
+    return seconds
+
+
+def _host(path: str) -> str:
+    """``scheme://host:port`` of a URL (the bucket, for object stores)."""
+    parts = urlsplit(path)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def fingerprint(path: str) -> str:

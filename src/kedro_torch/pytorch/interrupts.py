@@ -6,18 +6,34 @@ resume. Here the handler only notes the signal (no I/O in a handler); the traini
 loop reads the note at its next optimizer-step boundary, writes a checkpoint and
 raises :class:`TrainingInterrupted`. A second SIGINT raises :class:`Interrupted` at
 once, for a user who will not wait.
+
+Whatever the moment, a signal is never lost: every handler notes it for
+:func:`received`, so an exception raised where Python drops it (a callback at a
+fork), or an error the signal caused elsewhere (a worker process it killed), is still
+seen as the interrupt it was (:func:`interruption`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_received: list[int] = []  # the signals this process was sent, in order
+
+
+def received() -> int | None:
+    """The first SIGTERM or SIGINT this process received, if any."""
+    return _received[0] if _received else None
+
+
+def _note(signum: int) -> None:
+    _received.append(signum)
 
 
 def leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
@@ -49,6 +65,46 @@ class Interrupted(Exception):
         return 128 + self.signum
 
 
+def interruption(error: BaseException | None) -> Interrupted | None:
+    """The interrupt behind ``error``, or None for a failure of its own.
+
+    An :class:`Interrupted` (or Python's ``KeyboardInterrupt``) anywhere in its chain
+    of causes, as a Kedro dataset wraps it in its own error; else, once this process
+    has received a signal, that signal: the error is one it caused (a DataLoader
+    worker it killed first, an interrupt Python dropped and the work went on without).
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Interrupted):
+            return error
+        if isinstance(error, KeyboardInterrupt):
+            return Interrupted(signal.SIGINT)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    signum = received()
+    return Interrupted(signum) if signum is not None else None
+
+
+def exit_on_signals() -> None:
+    """Until a pipeline runs, and once it has: SIGTERM and SIGINT end the process with
+    the shell's status for them (143, 130), saying so.
+
+    Installed when the ``kedro`` command starts. Without it a Ctrl-C during start-up
+    ends with Click's "Aborted!" and status 1, and SIGTERM ends the process without a
+    word. No MLflow run is open then, so there is nothing to record.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        _note(signum)
+        print(f"Interrupted: {Interrupted(signum)}", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    for signum in SIGNALS:
+        signal.signal(signum, leave)
+
+
 class TrainingInterrupted(Interrupted):
     """Training stopped on a signal, after checkpointing at a step boundary."""
 
@@ -69,8 +125,10 @@ def raise_on_signals() -> dict[int, Any]:
     """
     if threading.current_thread() is not threading.main_thread():
         return {}
+    _received.clear()  # a new run: what an earlier one in this process received is its own
 
     def interrupt(signum: int, frame: object) -> None:
+        _note(signum)
         raise Interrupted(signum)
 
     return {signum: signal.signal(signum, interrupt) for signum in SIGNALS}
@@ -101,6 +159,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
         return
 
     def note(signum: int, frame: object) -> None:
+        _note(signum)
         if request.signum is not None and signum == signal.SIGINT:
             raise Interrupted(signum, "stopped at once by a second SIGINT")
         request.signum = signum

@@ -66,6 +66,25 @@ def exclusive(path: str | Path) -> Iterator[None]:
         fcntl.flock(file, fcntl.LOCK_UN)
 
 
+@contextmanager
+def if_free(path: str | Path) -> Iterator[bool]:
+    """Hold ``path`` for a moment if no process holds it, this one included (a lock of
+    this process's own is another open file, so it counts as held); yields whether it
+    was free. Never waits."""
+    with open(path, "a+b") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            free = False
+        else:
+            free = True
+        try:
+            yield free
+        finally:
+            if free:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+
 def release(path: str | Path) -> None:
     """Let other processes take ``path``."""
     file = _held.pop(os.path.abspath(path), None)

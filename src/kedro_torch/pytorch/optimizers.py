@@ -3,10 +3,11 @@
 The valid names are read from ``torch.optim``, ``torch.optim.lr_scheduler`` and
 ``torch.nn`` themselves, so a class added in a later torch release works without
 a change here. Names match case-insensitively; an unknown one, or arguments the
-class rejects, raise a ``ValueError`` naming the parameter key. An argument set to
-``None`` (``null`` in YAML) is left out, so the class's default applies: Kedro merges
-``--params`` into the YAML's kwargs, and ``weight_decay=null`` is the only way to
-take away a default that the chosen class does not accept.
+class rejects, raise a :class:`ParameterError` naming the parameter key, down to the
+argument where the failure can be pinned on one (``training.scheduler.kwargs.T_max``).
+An argument set to ``None`` (``null`` in YAML) is left out, so the class's default
+applies: Kedro merges ``--params`` into the YAML's kwargs, and ``weight_decay=null`` is
+the only way to take away a default that the chosen class does not accept.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +25,12 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from kedro_torch.pytorch.config import LossConfig, OptimizerConfig, SchedulerConfig
+from kedro_torch.pytorch.config import (
+    LossConfig,
+    OptimizerConfig,
+    ParameterError,
+    SchedulerConfig,
+)
 from kedro_torch.pytorch.models import head_parameter_names
 
 logger = logging.getLogger(__name__)
@@ -35,6 +42,9 @@ PER_STEP_SCHEDULERS = {"OneCycleLR", "CyclicLR"}
 # Schedulers whose arguments name a callable: given as a dotted import path.
 CALLABLE_ARGUMENTS = {"LambdaLR": "lr_lambda", "MultiplicativeLR": "lr_lambda"}
 NESTED_SCHEDULERS = {"SequentialLR", "ChainedScheduler"}
+# Python's words for an argument a call does not take, and for one it lacks.
+UNEXPECTED_ARGUMENT = re.compile(r"unexpected keyword argument '(\w+)'")
+MISSING_ARGUMENT = re.compile(r"missing 1 required (?:positional|keyword-only) argument: '(\w+)'")
 
 
 def classes_in(module: types.ModuleType, base: type) -> dict[str, type]:
@@ -69,7 +79,7 @@ def resolve(name: str, registry: dict[str, type], key: str) -> type:
     """Find ``name`` in ``registry`` ignoring case, or fail listing the choices."""
     by_lower = {registry_name.lower(): cls for registry_name, cls in registry.items()}
     if not isinstance(name, str) or name.lower() not in by_lower:
-        raise ValueError(
+        raise ParameterError(
             f"{key}: unknown name {name!r}. Valid names: {', '.join(sorted(registry))}"
         )
     return by_lower[name.lower()]
@@ -80,16 +90,57 @@ def _given(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in kwargs.items() if value is not None}
 
 
-def _construct(cls: type, key: str, *args: Any, **kwargs: Any) -> Any:
-    """``cls(*args, **kwargs)``, with a rejected argument reported against ``key``.
+def _construct(cls: type, key: str, *args: Any, defaults: Mapping[str, Any] | None = None,
+               **kwargs: Any) -> Any:
+    """``cls(*args, **defaults, **kwargs)``, with a rejected argument reported against
+    ``key``, down to the argument where one can be told (see :func:`culprit`).
 
     Classes check their arguments with whatever fails first (``betas=[0.9]`` raises
-    an IndexError in Adam), so any error is the arguments'.
+    an IndexError in Adam), so any error is the arguments'. ``defaults`` are this
+    module's own (the length of a schedule), which ``kwargs``, the user's, override.
     """
+    defaults = dict(defaults or {})
     try:
-        return cls(*args, **kwargs)
+        return cls(*args, **{**defaults, **kwargs})
     except Exception as error:
-        raise ValueError(f"{key}: {cls.__name__}({_show(kwargs)}) failed: {error}") from error
+        def fails(arguments: dict[str, Any]) -> bool:
+            try:
+                cls(*args, **{**defaults, **arguments})
+            except Exception:
+                return True
+            return False
+
+        name = culprit(error, kwargs, fails, _parameters(cls))
+        leaf = f"{key}.{name}" if name else key
+        raise ParameterError(f"{leaf}: {cls.__name__}({_show({**defaults, **kwargs})}) failed: "
+                             f"{error}") from error
+
+
+def culprit(error: BaseException, kwargs: Mapping[str, Any],
+            fails: Callable[[dict[str, Any]], bool], takes: Collection[str] = ()) -> str | None:
+    """The one argument behind ``error``, where it can be told; else None.
+
+    The argument that Python's message names as one the call does not take (of
+    ``kwargs``), or as the one it lacks (of the names it ``takes``); else the only one
+    of ``kwargs`` without which the call no longer fails, which ``fails`` tries with
+    the others. Tried only once something failed, so a good run pays nothing.
+    """
+    unexpected = UNEXPECTED_ARGUMENT.search(str(error))
+    if unexpected and unexpected.group(1) in kwargs:
+        return unexpected.group(1)
+    missing = MISSING_ARGUMENT.search(str(error))
+    if missing and missing.group(1) in takes and missing.group(1) not in kwargs:
+        return missing.group(1)
+    suspects = [name for name in kwargs
+                if not fails({other: value for other, value in kwargs.items() if other != name})]
+    return suspects[0] if len(suspects) == 1 else None
+
+
+def _parameters(cls: type) -> Collection[str]:
+    try:
+        return inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature Python can read
+        return ()
 
 
 def _show(kwargs: dict[str, Any]) -> str:
@@ -165,14 +216,14 @@ def split_parameters(cls: type, model: nn.Module, key: str) -> tuple[list, list]
         head = head_parameter_names(model)
         main = [(n, p) for n, p in named if p.ndim == 2 and n not in head]
         if not main:
-            raise ValueError(f"{key}.name: Muon needs 2-D weight matrices below the head; "
-                             f"{type(model).__name__} has none")
+            raise ParameterError(f"{key}.name: Muon needs 2-D weight matrices below the head; "
+                                 f"{type(model).__name__} has none")
         return main, [(n, p) for n, p in named if not (p.ndim == 2 and n not in head)]
     if cls is torch.optim.SparseAdam:
         sparse = _sparse_parameter_names(model)
         main = [(n, p) for n, p in named if n in sparse]
         if not main:
-            raise ValueError(
+            raise ParameterError(
                 f"{key}.name: SparseAdam updates only parameters with sparse gradients, "
                 "which come from nn.Embedding(sparse=True) or nn.EmbeddingBag(sparse=True); "
                 f"{type(model).__name__} has none, so it would train nothing. Use Adam or AdamW."
@@ -261,11 +312,11 @@ def build_schedulers(
     per_epoch = steps_per_epoch if interval == "step" else 1
     warmup = config.warmup_epochs * per_epoch
     if cls is lr_scheduler.ReduceLROnPlateau and warmup:
-        raise ValueError(f"{key}.warmup_epochs: ReduceLROnPlateau cannot follow a warm-up "
-                         "(SequentialLR does not support it); set warmup_epochs: 0")
+        raise ParameterError(f"{key}.warmup_epochs: ReduceLROnPlateau cannot follow a warm-up "
+                             "(SequentialLR does not support it); set warmup_epochs: 0")
     if cls is lr_scheduler.ReduceLROnPlateau and interval == "step":
-        raise ValueError(f"{key}.interval: ReduceLROnPlateau steps on a validation metric, "
-                         "once per epoch")
+        raise ParameterError(f"{key}.interval: ReduceLROnPlateau steps on a validation metric, "
+                             "once per epoch")
     remaining = max(epochs * per_epoch - warmup, 1)
     scheduled = []
     for optimizer in optimizers:
@@ -290,33 +341,34 @@ def _build_scheduler(
     optimizer: torch.optim.Optimizer, cls: type, kwargs: dict[str, Any], length: int, key: str
 ) -> Any:
     name = cls.__name__
-    kwargs = {**_length_defaults(name, optimizer, length), **kwargs}
+    defaults = _length_defaults(name, optimizer, length)
+    kwargs = dict(kwargs)
     if name in CALLABLE_ARGUMENTS:
         argument = CALLABLE_ARGUMENTS[name]
         if argument not in kwargs:
-            raise ValueError(f"{key}.kwargs.{argument}: {name} needs the dotted import path "
-                             "of a function, e.g. my_package.schedules.warmup")
+            raise ParameterError(f"{key}.kwargs.{argument}: {name} needs the dotted import path "
+                                 "of a function, e.g. my_package.schedules.warmup")
         kwargs[argument] = import_callable(kwargs[argument], f"{key}.kwargs.{argument}")
     if name in NESTED_SCHEDULERS:
         specs = kwargs.get("schedulers")
         if not isinstance(specs, list) or not specs:
-            raise ValueError(f"{key}.kwargs.schedulers: {name} needs a list of "
-                             "{name, kwargs} scheduler specs")
+            raise ParameterError(f"{key}.kwargs.schedulers: {name} needs a list of "
+                                 "{name, kwargs} scheduler specs")
         kwargs["schedulers"] = [
             _build_nested(optimizer, spec, length, f"{key}.kwargs.schedulers[{i}]")
             for i, spec in enumerate(specs)
         ]
         if name == "ChainedScheduler":
-            kwargs.setdefault("optimizer", optimizer)
-            return _construct(cls, f"{key}.kwargs", **kwargs)
-    return _construct(cls, f"{key}.kwargs", optimizer, **kwargs)
+            return _construct(cls, f"{key}.kwargs", defaults={**defaults, "optimizer": optimizer},
+                              **kwargs)
+    return _construct(cls, f"{key}.kwargs", optimizer, defaults=defaults, **kwargs)
 
 
 def _build_nested(optimizer: torch.optim.Optimizer, spec: Any, length: int, key: str) -> Any:
     if (not isinstance(spec, dict) or "name" not in spec or set(spec) - {"name", "kwargs"}
             or not isinstance(spec.get("kwargs") or {}, dict)):
-        raise ValueError(f"{key}: expected a mapping with 'name' and optional 'kwargs', "
-                         f"got {spec!r}")
+        raise ParameterError(f"{key}: expected a mapping with 'name' and optional 'kwargs', "
+                             f"got {spec!r}")
     cls = resolve(spec["name"], scheduler_classes(), f"{key}.name")
     return _build_scheduler(optimizer, cls, _given(spec.get("kwargs") or {}), length, key)
 
@@ -334,15 +386,15 @@ def _length_defaults(name: str, optimizer: torch.optim.Optimizer, length: int) -
 def import_callable(path: Any, key: str) -> Callable:
     """The function at dotted ``path``, imported; never ``eval`` of a string."""
     if not isinstance(path, str) or "." not in path:
-        raise ValueError(f"{key}: expected a dotted import path like package.module.function, "
-                         f"got {path!r}")
+        raise ParameterError(f"{key}: expected a dotted import path like package.module.function, "
+                             f"got {path!r}")
     module_name, _, attribute = path.rpartition(".")
     try:
         function = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"{key}: cannot import {path!r}: {error}") from error
+        raise ParameterError(f"{key}: cannot import {path!r}: {error}") from error
     if not callable(function):
-        raise ValueError(f"{key}: {path!r} is not callable")
+        raise ParameterError(f"{key}: {path!r} is not callable")
     return function
 
 
@@ -359,9 +411,9 @@ def build_loss(
     kwargs = _given(config.kwargs)
     if config.class_weights == "balanced":
         if "weight" not in inspect.signature(cls).parameters:
-            raise ValueError(f"{key}.class_weights: {cls.__name__} takes no class weights")
+            raise ParameterError(f"{key}.class_weights: {cls.__name__} takes no class weights")
         if train_targets is None:
-            raise ValueError(f"{key}.class_weights: balanced weights need the training targets")
+            raise ParameterError(f"{key}.class_weights: balanced weights need the training targets")
         kwargs["weight"] = balanced_class_weights(train_targets, num_classes)
     return _construct(cls, f"{key}.kwargs", **kwargs)
 

@@ -9,12 +9,13 @@ Kedro first calls them.
 
 from __future__ import annotations
 
+import atexit
 from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
 from kedro_torch.pytorch.distributed import launch_rank
-from kedro_torch.pytorch.interrupts import Interrupted
+from kedro_torch.pytorch.interrupts import Interrupted, interruption, received
 
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
@@ -56,13 +57,21 @@ class MlflowHookForwarder:
         first request to it, which MLflow would retry for minutes if it did not answer.
         For pipelines mlflow.yml does not track (inference, export) kedro-mlflow is left
         out altogether: its set-up would still look up the experiment on that server.
+        An SQLite store that SQLite cannot read, there or when kedro-mlflow opens it,
+        stops the run naming the file (:class:`~kedro_torch.tracking.store.StoreUnreadable`).
 
         Imported here, not with the module: the check reads mlflow.yml through kedro-mlflow.
         """
-        from kedro_torch.tracking.store import check_tracking_server  # noqa: PLC0415
+        from kedro_torch.tracking.store import check_tracking_server, store_failure  # noqa: PLC0415
 
         self._untracked = not check_tracking_server(context)
-        self._hook().after_context_created(context)
+        try:
+            self._hook().after_context_created(context)
+        except Exception as error:
+            unreadable = store_failure(error)
+            if unreadable is None:
+                raise
+            raise unreadable from error
 
     @hook_impl
     def after_catalog_created(
@@ -240,19 +249,43 @@ class FollowsTheRun:
 
 
 class InterruptedRunHook(FollowsTheRun):
-    """Records a run that SIGTERM or SIGINT stopped as KILLED, with where it stopped.
+    """Records a run that SIGTERM or SIGINT stopped as KILLED, with where it stopped,
+    and takes back the model version it registered.
 
     kedro-mlflow marks every run whose pipeline raised FAILED; this runs after it
     (``trylast``) and puts the status right, so no interrupted run passes for a
-    failed one, or a finished one.
+    failed one, or a finished one. A signal outside the runner's reach (while the
+    hooks open or close the run) ends the process instead; MLflow would then close
+    the run as FINISHED on its way out, so this hook does it first, as KILLED.
     """
+
+    _at_exit = False
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self) -> None:
+        super().before_pipeline_run()
+        if not self._at_exit:  # after MLflow's own exit handler, so it runs before it
+            atexit.register(self._killed_on_the_way_out)
+            self._at_exit = True
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception) -> None:
         """Imported here, not with the module: marking the run imports MLflow."""
-        if self._run_id is not None and isinstance(error, Interrupted):
-            from kedro_torch.tracking import outbox, runs  # noqa: PLC0415
+        interrupted = interruption(error)
+        if self._run_id is not None and interrupted is not None:
+            self._mark(interrupted)
 
-            if not outbox.kept(self._run_id):  # else its end waits with its other records
-                runs.mark_interrupted(self._run_id, error)
+    def _killed_on_the_way_out(self) -> None:
+        import mlflow  # noqa: PLC0415
+
+        signum, run = received(), mlflow.active_run()
+        if signum is not None and run is not None and run.info.run_id == self._run_id:
+            self._mark(Interrupted(signum))
+            mlflow.end_run("KILLED")
+
+    def _mark(self, interrupted: Interrupted) -> None:
+        from kedro_torch.tracking import outbox, runs  # noqa: PLC0415
+
+        if not outbox.kept(self._run_id):  # else its end waits with its other records
+            runs.mark_interrupted(self._run_id, interrupted)
 

@@ -74,12 +74,18 @@ def image_files(table: pd.DataFrame) -> list[str | bytes]:
     """One file per row: its ``image`` bytes where given, else its ``path``.
 
     A row with neither is passed on as an empty path, which becomes that row's error.
+    MLflow drops, before ``predict`` sees them, the inputs its signature does not name:
+    a plain list of paths (its column ``0``) arrives as a table with no column and no
+    row, which is refused with the one-line fix.
     """
     if "path" not in table and "image" not in table:
+        got = (f"got columns {list(table.columns)}" if len(table.columns) else
+               "got no column: MLflow leaves out any input the model's signature does not "
+               "name, a plain list of paths among them")
         raise ValueError(
-            "The model takes a table with a 'path' column (image paths or URLs) or an "
-            f"'image' column (the files' bytes); got columns {list(table.columns)}"
-        )
+            "The model takes a table with one image per row, in a 'path' column (image "
+            f"paths or URLs) or an 'image' column (the files' bytes); {got}. For a list "
+            "of paths, pass pandas.DataFrame({'path': paths}).")
     missing = pd.Series([None] * len(table), index=table.index, dtype=object)
     images, paths = table.get("image", missing), table.get("path", missing)
     return [bytes(image) if isinstance(image, (bytes, bytearray)) else

@@ -11,8 +11,11 @@ back sends them first, in order. At the end of the run the outbox waits up to
 fails saying so, everything else saved, and the spool is sent later: by the next
 ``kedro run`` that finds the server, or by ``python -m kedro_torch.tracking.outbox``.
 
-MLflow would retry each request to a server that has gone for about four minutes,
-holding training up; the probe makes an outage cost one short request per send.
+MLflow would retry each request to a server that has gone for minutes, holding
+training up; the probe makes an outage cost one short request per send. It asks the
+API too, not ``/health`` alone: a server whose database hangs answers ``/health`` and
+holds every other request, and counts as away. While the server is away it is asked
+again at most every ``RETRY_S`` seconds; in between, sends only add to the spool.
 Runs tracked to a local store (SQLite, files) have no server to lose: there the
 records go straight to MLflow.
 """
@@ -37,7 +40,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from kedro_torch.pytorch import locks
 from kedro_torch.pytorch.checkpoints import load_weights, save_atomically
-from kedro_torch.tracking.store import unreachable
+from kedro_torch.tracking.store import bound_requests, request_timeout, unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,10 @@ RECORDS_FILE = "records.jsonl"
 LOCK_FILE = ".lock"
 # A send after the probe said yes fails fast if the server went in between, rather
 # than retrying for minutes; its records then wait like any others.
-FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+FAST_FAIL_RETRIES = 1
+FAST_FAIL_TIMEOUT_S = 10  # or MLFLOW_HTTP_REQUEST_TIMEOUT, if less
 POLL_S = 5.0
+RETRY_S = 30.0
 
 _open: Outbox | None = None
 _kept: set[str] = set()  # runs whose end waits in a spool
@@ -67,6 +72,7 @@ class Outbox:
         self.folder = spool_root / run_id
         self.pending: list[dict[str, Any]] = []
         self.away_since: float | None = None
+        self.asked_at = 0.0  # when a send that failed last asked the server
 
     @property
     def away(self) -> bool:
@@ -79,15 +85,20 @@ class Outbox:
             self._spool()
         self.flush()
 
-    def flush(self) -> bool:
-        """Send what waits if the server answers; whether nothing waits now."""
+    def flush(self, force: bool = False) -> bool:
+        """Send what waits if the server answers; whether nothing waits now. While the
+        server is away it is asked at most every :data:`RETRY_S` seconds, unless
+        ``force``: a server that hangs costs each question the probe's timeout."""
         if not self.pending:
             return True
+        if self.away and not force and time.monotonic() < self.asked_at + RETRY_S:
+            return False
+        self.asked_at = time.monotonic()
         reason = unreachable(self.tracking_uri)
         try:
             if reason is not None:
                 raise ConnectionError(reason)
-            with _env(FAST_FAIL):
+            with _env(fast_fail()):
                 while self.pending:
                     apply(self.run_id, self.pending[0])
                     self.pending.pop(0)
@@ -105,7 +116,7 @@ class Outbox:
     def close(self, wait_s: float) -> bool:
         """Wait up to ``wait_s`` seconds for the server to take what waits."""
         deadline = time.monotonic() + wait_s
-        while not self.flush():
+        while not self.flush(force=True):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
@@ -194,7 +205,7 @@ def abandon(last: list[dict[str, Any]]) -> bool:
     """The run failed: if the server is away, keep what waits and ``last`` (the tags
     and end that say how it failed) for later; whether they were kept."""
     outbox = _close()
-    if outbox is None or outbox.flush():
+    if outbox is None or outbox.flush(force=True):
         return False
     _keep(outbox, last)
     return True
@@ -217,7 +228,7 @@ def _keep(outbox: Outbox, last: list[dict[str, Any]]) -> None:
     for record in last:
         outbox.send(record)
     _kept.add(outbox.run_id)
-    os.environ.update(FAST_FAIL | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    os.environ.update(fast_fail() | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
     with suppress(Exception):  # the server is away: that is known and said
         mlflow.end_run()  # takes the run off MLflow's stack, then fails to reach the server
 
@@ -275,6 +286,13 @@ def _active(run_id: str) -> Iterator[None]:
         mlflow.end_run(status)
 
 
+def fast_fail() -> dict[str, str]:
+    """MLflow's bounds for a send the probe has just cleared: one more try, and no more
+    than :data:`FAST_FAIL_TIMEOUT_S` seconds without an answer each."""
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(FAST_FAIL_RETRIES),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(min(FAST_FAIL_TIMEOUT_S, request_timeout()))}
+
+
 @contextmanager
 def _env(values: dict[str, str]) -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in values}
@@ -324,6 +342,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m kedro_torch.tracking.outbox <spool folder>", file=sys.stderr)
         return 2
     folder = Path(argv[0])
+    bound_requests()
     reason = unreachable(json.loads((folder / RECORDS_FILE).read_text().splitlines()[0])
                          ["tracking_uri"])
     if reason is not None:

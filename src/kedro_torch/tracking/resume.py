@@ -9,10 +9,17 @@ run, which holds nothing else, is deleted. A resume of a FINISHED run, of a
 deleted one or of one in another store keeps its new run, which then holds the
 whole history and is tagged with the earlier id
 (:class:`~kedro_torch.tracking.callbacks.MlflowEpochLogger`).
+
+A run killed outright while it trained (SIGKILL, the OOM killer, a power cut) can
+close nothing: MLflow shows it RUNNING. The next run of its configuration finds the
+claim it left on the checkpoint folder
+(:meth:`~kedro_torch.pytorch.checkpoints.CheckpointStore.abandoned_claim`) and closes
+it as KILLED, tagged ``killed_found_by`` with its own id, unless it continues it.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +31,9 @@ from mlflow.exceptions import MlflowException
 from kedro_torch.pytorch import api
 from kedro_torch.pytorch.checkpoints import CheckpointStore
 from kedro_torch.pytorch.config import DataConfig, ModelConfig, TrainingConfig, parse
+from kedro_torch.tracking.store import unreachable
+
+logger = logging.getLogger(__name__)
 
 # Statuses of a run that stopped before its last epoch and so can take more.
 CONTINUABLE = frozenset({"RUNNING", "KILLED", "FAILED"})
@@ -31,19 +41,32 @@ CONTINUABLE = frozenset({"RUNNING", "KILLED", "FAILED"})
 
 def run_to_continue(inputs: Mapping[str, Any]) -> str | None:
     """The earlier run to continue, given the train node's inputs; None to keep this one.
+    Closes the run of a process killed outright while it trained this configuration,
+    if it is not that one.
 
     The inputs name the checkpoint the node will resume exactly as it does: the
-    same parameters and model input make the same identity, so the same folder.
+    same parameters and model input make the same identity, so the same folder, and
+    the same checkpoint (:meth:`CheckpointStore.resume_point`, asked to change nothing).
     """
     active = mlflow.active_run()
-    training = parse(TrainingConfig, inputs["params:training"], "training")
-    if active is None or not api.resume_mode(training):
+    if active is None:
         return None
+    training = parse(TrainingConfig, inputs["params:training"], "training")
     identity = api.training_identity(parse(DataConfig, inputs["params:data"], "data"),
                                      parse(ModelConfig, inputs["params:model"], "model"),
                                      training, inputs["model_input"])
     root: CheckpointStore = inputs["training_checkpoints"]
-    earlier = root.for_identity(identity).tags().get("mlflow_run_id")
+    store = root.for_identity(identity)
+    mode = api.resume_mode(training)
+    earlier = _continuable(store, mode, training.restores_best, active) if mode else None
+    close_abandoned(store, active.info.run_id, keep=earlier)
+    return earlier
+
+
+def _continuable(store: CheckpointStore, mode: bool | str, with_best: bool,
+                 active: mlflow.ActiveRun) -> str | None:
+    name = store.resume_point(strict=mode is True, with_best=with_best, set_aside=False)
+    earlier = store.tags(name).get("mlflow_run_id") if name is not None else None
     if earlier is None or earlier == active.info.run_id:
         return None
     try:
@@ -71,3 +94,42 @@ def continue_run(earlier: str) -> None:
     mlflow.end_run("KILLED")
     client.delete_run(opened)
     mlflow.start_run(run_id=earlier)
+
+
+def close_abandoned(store: CheckpointStore, found_by: str, keep: str | None = None) -> None:
+    """Close as KILLED the run of a process that claimed ``store`` and was killed
+    outright, tagged ``killed_found_by`` = ``found_by``; not ``keep`` (the run this one
+    continues), nor a run that is not RUNNING.
+
+    A tracking server that does not answer leaves it as it is, saying so: closing an
+    earlier run is never worth holding this one up.
+    """
+    claim = store.abandoned_claim()
+    killed = (claim or {}).get("tags", {}).get("mlflow_run_id")
+    if killed is None or killed in (keep, found_by):
+        return
+    why = unreachable(mlflow.get_tracking_uri())
+    try:
+        if why is not None:
+            raise ConnectionError(why)
+        client = MlflowClient()
+        if client.get_run(killed).info.status != "RUNNING":
+            return
+        client.set_tag(killed, "killed_found_by", found_by)
+        client.set_terminated(killed, "KILLED")
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # deleted for good, or elsewhere
+            return
+        _not_closed(killed, store, error)
+    except OSError as error:  # ConnectionError is one; MLflow's requests raise others
+        _not_closed(killed, store, error)
+    else:
+        logger.warning("MLflow run %s was left RUNNING by process %s on %s, killed while it "
+                       "trained into %s: closed as KILLED", killed, claim.get("pid"),
+                       claim.get("host"), store.directory)
+
+
+def _not_closed(run_id: str, store: CheckpointStore, error: Exception) -> None:
+    logger.warning("MLflow run %s was left RUNNING by a process killed while it trained into "
+                   "%s, and could not be closed (%s): MlflowClient().set_terminated(%r, "
+                   "'KILLED') closes it", run_id, store.directory, error, run_id)

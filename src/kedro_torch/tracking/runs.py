@@ -4,6 +4,7 @@ files of catalog entries marked for it and the run's dataset input."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import warnings
@@ -30,6 +31,8 @@ from kedro_torch.pytorch.config import (
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.interrupts import Interrupted, TrainingInterrupted
 from kedro_torch.tracking import outbox
+
+logger = logging.getLogger(__name__)
 
 
 def describe_run(
@@ -180,6 +183,13 @@ def ending(error: Exception) -> list[dict[str, Any]]:
 
 def mark_interrupted(run_id: str, error: Interrupted) -> None:
     """Record a run stopped by a signal as KILLED, with where it stopped and what
-    resumes it; kedro-mlflow, which sees only an error, has just marked it FAILED."""
+    resumes it; kedro-mlflow, which sees only an error, has just marked it FAILED.
+    A model version the run registered before the signal came is deleted: a stopped
+    run's model is no candidate for serving."""
     for record in ending(error):
         outbox.apply(run_id, record)
+    client = MlflowClient()
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        client.delete_model_version(version.name, version.version)
+        logger.warning("Deleted version %s of model %s: the run that registered it was "
+                       "interrupted", version.version, version.name)
