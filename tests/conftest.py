@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from kedro_torch.pytorch import interrupts
+
 os.environ["KEDRO_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
 
@@ -39,3 +41,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_signal_carried_over():
+    """Each test starts as a new process would: a signal an earlier test sent this
+    process is not taken as the cause of its errors (interrupts.interruption)."""
+    interrupts.forget_signals()

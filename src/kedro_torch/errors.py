@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,20 +163,11 @@ def _log_sentence(log_files: list[str]) -> str:
 
 
 def _interruption(error: BaseException | None) -> Any:
-    """The interrupt in ``error``'s chain, if a signal stopped the run: an
-    :class:`~kedro_torch.pytorch.interrupts.Interrupted` (its status is the shell's for
-    that signal), or Python's ``KeyboardInterrupt`` for SIGINT."""
-    from kedro_torch.pytorch.interrupts import Interrupted  # noqa: PLC0415  (on failure only)
+    """The interrupt behind ``error``, if a signal stopped the run
+    (:func:`kedro_torch.pytorch.interrupts.interruption`)."""
+    from kedro_torch.pytorch import interrupts  # noqa: PLC0415  (on failure only)
 
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, Interrupted):
-            return error
-        if isinstance(error, KeyboardInterrupt):
-            return Interrupted(signal.SIGINT)
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    return interrupts.interruption(error)
 
 
 # --- where in the run the error came ----------------------------------------------------

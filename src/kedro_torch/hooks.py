@@ -30,11 +30,12 @@ if TYPE_CHECKING:
 
 
 class ParameterValidationHook:
-    """Validates parameters, and the input paths they name, before the pipeline starts
-    (and before MLflow opens a run).
+    """Validates parameters, the input paths they name, and the data found there, before
+    the pipeline starts (and before MLflow opens a run).
 
     ``tryfirst`` puts this ahead of kedro-mlflow's own ``before_pipeline_run``, so
-    a typo or a missing folder never leaves an empty or failed MLflow run behind.
+    a typo, a missing folder or a table of bad rows never leaves an empty or failed
+    MLflow run behind.
     """
 
     # Catalog entries read from a path given per run: the runtime parameter that sets
@@ -45,6 +46,9 @@ class ParameterValidationHook:
         "pretrained_state_dict": ("model.pretrained_path", "state_dict file"),
         "inference_images": ("inference_images_path", "image folder"),
     }
+    # The entry each data.source reads its images from, judged before the run.
+    DATA_ENTRIES: ClassVar[dict[str, str]] = {"folder": "raw_images", "manifest": "raw_manifest"}
+    REPORT = "data_quality_report"
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(
@@ -70,6 +74,8 @@ class ParameterValidationHook:
         if "training_checkpoints" in inputs and {"data", "model", "training"} <= configs.keys():
             api.refuse_unresumable(catalog.load("training_checkpoints"), configs["data"],
                                    configs["model"], configs["training"])
+        if "data" in configs:
+            self._judge_data(configs["data"], pipeline, catalog)
 
     @staticmethod
     def _read(configs: dict[str, Any]) -> set[str]:
@@ -87,6 +93,50 @@ class ParameterValidationHook:
             read.add("pretrained_state_dict")
         return read
 
+    def _judge_data(self, config: Any, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        """The image folder or table this run reads, judged before MLflow opens a run:
+        everything found without decoding a file, all at once
+        (:func:`~kedro_torch.pytorch.data.judge_folder` and ``judge_table``). What was
+        loaded is handed on to the pipeline, which neither lists nor reads it again; a
+        refusal's findings are saved as the run's data-quality report."""
+        from kedro_torch.pytorch import data  # noqa: PLC0415
+
+        entry = self.DATA_ENTRIES.get(config.source)
+        if entry is None or entry not in pipeline.inputs():
+            return
+        described = catalog[entry]._describe()
+        loaded = catalog.load(entry)
+        _replace(catalog, entry, MemoryDataset(data=loaded, copy_mode="assign"))
+        try:
+            if entry == "raw_images":
+                data.judge_folder(loaded, config)
+            else:
+                data.judge_table(loaded, config, _shown(str(described.get("filepath"))))
+        except data.DataError as refusal:
+            written = self._save_report(refusal.report, pipeline, catalog)
+            if written is None:
+                raise
+            raise data.DataError(f"{refusal}\nThe data-quality report lists every problem: "
+                                 f"{written}", refusal.report) from refusal
+
+    def _save_report(self, report: dict | None, pipeline: Pipeline, catalog: DataCatalog
+                     ) -> str | None:
+        """Where the report of a refused run was saved (by rank 0 alone, as the pipeline
+        would have saved it), or None."""
+        if (report is None or self.REPORT not in pipeline.all_outputs()
+                or not distributed.is_main_process()):
+            return None
+        dataset = catalog[self.REPORT]
+        try:
+            catalog.save(self.REPORT, report)
+        except Exception as error:  # the refusal, not this, is what the user must read
+            logger.warning("Could not save the data-quality report: %s", error)
+            return None
+        path = Path(str(dataset._describe().get("filepath")))
+        if isinstance(dataset, AbstractVersionedDataset):
+            path = path / dataset.resolve_save_version() / path.name
+        return _shown(str(path))
+
     def _missing(self, entry: str, catalog: DataCatalog) -> Exception:
         """The path as the dataset resolved it, wherever it was set (``--params``, the
         catalog's default or conf/local), so the message shows what was looked for."""
@@ -98,6 +148,14 @@ class ParameterValidationHook:
         if not path:
             return ParameterError(f"{key}: no {what} given; pass one with --params {key}=...")
         return ParameterError(f"{key}: {what} {str(path)!r} does not exist")
+
+
+def _shown(path: str) -> str:
+    """A local path as a message shows it: relative to the working folder, where it is in it."""
+    if "://" in path:
+        return path
+    absolute = Path(path).absolute()
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else path
 
 
 def _replace(catalog: DataCatalog, name: str, dataset: AbstractDataset) -> None:
@@ -254,14 +312,18 @@ class InterruptionHook:
 
     @hook_impl
     def after_node_run(self) -> None:
-        """A signal whose exception Python dropped (raised in a callback at a fork, as
-        the file check starts its workers) stops the run here, at the latest."""
+        """A signal whose exception was dropped (raised in a callback at a fork, as the
+        file check starts its workers, or in a log handler, which reports its own
+        errors and goes on) stops the run here, at the latest."""
         if (signum := interrupts.received()) is not None:
             raise interrupts.Interrupted(signum)
 
     @hook_impl
     def after_pipeline_run(self) -> None:
+        """The same after the last node, before kedro-mlflow closes the run: the run
+        then ends as interrupted (tracking's exit handler records it KILLED)."""
         interrupts.restore_handlers(self._handlers)
+        self.after_node_run()
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:

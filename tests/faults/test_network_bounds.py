@@ -1,10 +1,10 @@
 """`kedro run` against hosts that take the connection and never answer: every network
 read has a bound, set small here through the environment variables the docs give.
 
-A manifest row whose URL hangs fails the file check within ``KEDRO_TORCH_READ_TIMEOUT``,
-naming the URL; a tracking server that answers ``/health`` but not its API is refused
-at start-up, and one that stops answering its API during the run sends the run's
-records to the outbox, as one that is down does."""
+A manifest row whose URL hangs fails the check of the table's files before the run
+within ``KEDRO_TORCH_READ_TIMEOUT``, naming the URL; a tracking server that answers
+``/health`` but not its API is refused at start-up, and one that stops answering its
+API during the run sends the run's records to the outbox, as one that is down does."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def run_from(marker: str, command: list[str], cwd: Path, env: dict[str, str]
 def test_a_manifest_url_whose_host_never_answers_ends_the_run_naming_it(
     small_digits, tmp_path
 ):
-    """Timed from the node that reads the files: on a busy machine Kedro's start-up and
-    a new MLflow store take half a minute of their own."""
+    """Timed from the check of the table's files, before the run: on a busy machine
+    Kedro's start-up and a new MLflow store take half a minute of their own."""
     project = copy_project(tmp_path / "project")
     with silent_host() as host:
         url = f"{host}/digits/7/hanging.png"
@@ -74,7 +74,7 @@ def test_a_manifest_url_whose_host_never_answers_ends_the_run_naming_it(
                       "label": [Path(row).parent.name for row in rows] + ["7"]}
                      ).to_csv(manifest, index=False)
         status, output, elapsed = run_from(
-            "Running node: transform",
+            "rows of the image table before the run",
             [KEDRO, "run", "--pipelines", "training", "--params",
              f"data.source=manifest,raw_manifest_path={manifest},data.max_bad_fraction=0"],
             project, kedro_env(KEDRO_TORCH_READ_TIMEOUT=str(BOUND_S)),

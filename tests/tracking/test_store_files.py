@@ -87,11 +87,20 @@ def test_a_store_locked_by_another_process_is_named(tmp_path, requested, monkeyp
     checked(tmp_path, database)  # free again
 
 
-def test_a_store_mlflow_has_not_made_yet_or_can_read_passes(tmp_path, requested):  # noqa: F811
+def test_a_new_store_is_made_whole_before_mlflow_opens_it(tmp_path, requested):  # noqa: F811
     requested("training")
     database = tmp_path / "mlflow.db"
     checked(tmp_path, database)
-    assert not database.exists()  # MLflow makes it, not the check
+    # Made under another name and renamed: a signal mid-way leaves no half-made store.
+    assert [path.name for path in tmp_path.iterdir() if "mlflow.db" in path.name] == [
+        "mlflow.db"]
+    with sqlite3.connect(database) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert {"experiments", "runs", "alembic_version"} <= tables
+    client = MlflowClient(f"sqlite:///{database}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    database.unlink()
     database.touch()  # SQLite takes an empty file for an empty database
     assert unreadable(database) is None
 

@@ -104,7 +104,8 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     usable, bad = data.set_aside_bad_files(checked, config.max_bad_fraction)
     unusable = sorted(set(manifest["label"]) - set(usable["label"]))
     if unusable:
-        raise ValueError(f"classes without any readable image: {', '.join(map(repr, unusable))}")
+        raise data.DataError(
+            f"classes without any readable image: {', '.join(map(repr, unusable))}")
     model_input, label_map, missed, rule = data.split_manifest(usable, config.split)
     if config.normalize.computed:
         train = usable[model_input["split"] == "train"]

@@ -10,22 +10,27 @@ splitting adds ``target`` and ``split``. How the images are then fed to a model 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
 import posixpath
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
 import pandas as pd
+from fsspec.asyn import AsyncFileSystem
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from kedro_torch.pytorch import images
 from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
-from kedro_torch.pytorch.config import SplitConfig
+from kedro_torch.pytorch.config import DataConfig, SplitConfig
 from kedro_torch.pytorch.interrupts import leave_ctrl_c_to_the_main_process
 
 logger = logging.getLogger(__name__)
@@ -43,6 +48,22 @@ RESERVED_COLUMNS = frozenset(
 )
 HASH_RULE = "content hash: every class split by data.split.train / val / test"
 CHECK_BATCH = 64  # files per message between checking workers and the main process
+# The judgement before the run: the bytes of a file read over the network to find its
+# header (a file whose header lies further is read whole), the files read at once, and
+# the problems a refusal lists before "and N more" (the data-quality report has them all).
+HEAD_BYTES = 64 * 1024
+HEADER_THREADS = 16
+PROBLEMS_SHOWN = 20
+
+
+class DataError(ValueError):
+    """Data the run cannot use: a message for the person who runs it, which names every
+    problem found, and what the data-quality report of the refused run holds
+    (``report``, None where there is nothing to add to the message)."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 class ImageTable(NamedTuple):
@@ -76,11 +97,16 @@ def list_folder(path: str, fs: fsspec.AbstractFileSystem | None = None) -> pd.Da
         (name, info["type"] == "directory") for name, info in found.items()
         if name.rstrip("/") != root
     )
-    return pd.DataFrame({
-        "path": [name if local else f"{protocol}://{name}" for name, _ in entries],
-        "relative_path": [posixpath.relpath(name, root) for name, _ in entries],
-        "is_dir": [is_dir for _, is_dir in entries],
+    listing = pd.DataFrame({
+        "path": pd.Series([name if local else f"{protocol}://{name}" for name, _ in entries],
+                          dtype=object),
+        "relative_path": pd.Series([posixpath.relpath(name, root) for name, _ in entries],
+                                   dtype=object),
+        "is_dir": pd.Series([is_dir for _, is_dir in entries], dtype=bool),
     })
+    # The folder, for messages about it: an empty listing names nothing else.
+    listing.attrs["folder"] = root if local else f"{protocol}://{root}"
+    return listing
 
 
 def manifest_from_listing(listing: pd.DataFrame) -> pd.DataFrame:
@@ -89,14 +115,39 @@ def manifest_from_listing(listing: pd.DataFrame) -> pd.DataFrame:
     ``listing`` has ``path`` (openable), ``relative_path`` (``<class>/<file>``) and
     ``is_dir`` columns, as :class:`kedro_torch.datasets.ImageFolderDataset` loads it.
     Hidden files and files of other types are skipped and counted in the log; a
-    class folder left without any image stops the run, naming it.
+    folder without any image, or a class folder left without any image, stops the
+    run, naming it.
     """
-    relative = listing["relative_path"].map(posixpath.normpath).str.split("/")
-    hidden = relative.map(lambda parts: any(part.startswith(".") for part in parts))
+    found = _images_in(listing)
+    if any(found.skipped.values()):
+        logger.info("Skipped files: %s",
+                    ", ".join(f"{n} {why}" for why, n in found.skipped.items() if n))
+    if found.manifest.empty:
+        raise DataError(_no_images(listing, found.skipped))
+    if found.empty_classes:
+        raise DataError(
+            f"class folders without any image: {', '.join(map(repr, found.empty_classes))}; "
+            f"add images (extensions {_extensions()}) or remove the folders"
+        )
+    return _sorted_and_counted(found.manifest)
+
+
+class _FolderImages(NamedTuple):
+    manifest: pd.DataFrame  # path, relative_path, label of the images, unsorted
+    skipped: dict[str, int]  # files left out, by why
+    empty_classes: list[str]  # class folders without any image
+
+
+def _images_in(listing: pd.DataFrame) -> _FolderImages:
+    """The images of a folder listing and what was left out, without a word logged."""
+    relative = listing["relative_path"].astype(str).map(posixpath.normpath).map(
+        lambda path: path.split("/")).astype(object)
+    hidden = relative.map(lambda parts: any(part.startswith(".") for part in parts)).astype(bool)
     is_dir = listing["is_dir"].astype(bool)
     suffix = relative.map(lambda parts: posixpath.splitext(parts[-1])[1].lower())
     is_image = ~is_dir & suffix.isin(IMAGE_EXTENSIONS)
-    in_class_folder = relative.str.len() >= 2
+    depth = relative.map(len).astype(int)
+    in_class_folder = depth >= 2
     keep = ~hidden & is_image & in_class_folder
     files = ~is_dir & ~hidden
     skipped = {
@@ -104,31 +155,31 @@ def manifest_from_listing(listing: pd.DataFrame) -> pd.DataFrame:
         "not an image": int((files & ~is_image).sum()),
         "outside a class folder": int((files & is_image & ~in_class_folder).sum()),
     }
-    if any(skipped.values()):
-        logger.info(
-            "Skipped files: %s", ", ".join(f"{n} {why}" for why, n in skipped.items() if n)
-        )
-    labels = relative[keep].str[0]
-    class_folders = set(relative[is_dir & ~hidden & (relative.str.len() == 1)].str[0])
-    empty = sorted(class_folders - set(labels))
-    if empty:
-        raise ValueError(
-            f"class folders without any image: {', '.join(map(repr, empty))}; add images "
-            f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folders"
-        )
-    if not keep.any():
-        raise ValueError(
-            "no images found: expected one subfolder per class holding files with "
-            f"extensions {', '.join(sorted(IMAGE_EXTENSIONS))}"
-        )
+    labels = relative[keep].map(lambda parts: parts[0])
+    class_folders = {parts[0] for parts in relative[is_dir & ~hidden & (depth == 1)]}
     manifest = pd.DataFrame(
         {
-            "path": listing["path"][keep].to_numpy(),
-            "relative_path": listing["relative_path"][keep].to_numpy(),
-            "label": labels.to_numpy(),
+            "path": listing["path"][keep].to_numpy(dtype=object),
+            "relative_path": listing["relative_path"][keep].to_numpy(dtype=object),
+            "label": labels.to_numpy(dtype=object),
         }
     )
-    return _sorted_and_counted(manifest)
+    return _FolderImages(manifest, skipped, sorted(class_folders - set(labels)))
+
+
+def _no_images(listing: pd.DataFrame, skipped: dict[str, int]) -> str:
+    folder = listing.attrs.get("folder")
+    named = f"the image folder {folder!r}" if folder else "the image folder"
+    if listing.empty:
+        return (f"{named} is empty: it holds no image files (extensions {_extensions()}); put "
+                "them in one subfolder per class")
+    found = ", ".join(f"{n} {why}" for why, n in skipped.items() if n) or "only folders"
+    return (f"{named} holds no image files (extensions {_extensions()}) in a subfolder per "
+            f"class: no images found, only {found}")
+
+
+def _extensions() -> str:
+    return " ".join(sorted(IMAGE_EXTENSIONS))
 
 
 def manifest_from_table(table: ImageTable, path_column: str, label_column: str,
@@ -139,40 +190,51 @@ def manifest_from_table(table: ImageTable, path_column: str, label_column: str,
     its CSV can be moved or copied anywhere. Rows without a label stop the run.
     """
     frame = table.frame
+    extra = _table_columns(frame, path_column, label_column, key)
+    unlabelled = _unlabelled(frame[label_column])
+    if unlabelled.any():
+        rows = frame.index[unlabelled]
+        raise DataError(
+            f"{int(unlabelled.sum())} manifest rows have no label in column {label_column!r} "
+            f"({key}.label_column), e.g. {_listing(frame[path_column][rows].astype(str))}"
+        )
+    if frame[path_column].isna().any():
+        raise DataError(f"manifest rows without a path in column {path_column!r}")
+    written = frame[path_column].astype(str)
+    manifest = pd.DataFrame(
+        {
+            "path": written.map(lambda p: _resolve(table.folder, p)).to_numpy(),
+            "relative_path": written.to_numpy(),
+            "label": frame[label_column].astype(str).to_numpy(),
+        }
+    )
+    for column in extra:
+        manifest[column] = frame[column].to_numpy()
+    return _sorted_and_counted(manifest)
+
+
+def _table_columns(frame: pd.DataFrame, path_column: str, label_column: str, key: str
+                   ) -> list[str]:
+    """The table's columns other than the path and the label, once both are found and
+    no other clashes with a column the pipeline adds."""
     for column, name in ((path_column, "path_column"), (label_column, "label_column")):
         if column not in frame.columns:
-            raise ValueError(
+            raise DataError(
                 f"{key}.{name}: the manifest has no column {column!r}; its columns are "
                 f"{', '.join(map(repr, frame.columns))}"
             )
     extra = [c for c in frame.columns if c not in (path_column, label_column)]
     clashing = sorted(set(extra) & RESERVED_COLUMNS)
     if clashing:
-        raise ValueError(
+        raise DataError(
             f"the manifest's columns {', '.join(map(repr, clashing))} clash with columns "
             "the pipeline adds; rename them"
         )
-    labels = frame[label_column]
-    unlabelled = labels.isna() | (labels.astype(str).str.strip() == "")
-    if unlabelled.any():
-        rows = frame.index[unlabelled]
-        raise ValueError(
-            f"{int(unlabelled.sum())} manifest rows have no label in column {label_column!r} "
-            f"({key}.label_column), e.g. {_listing(frame[path_column][rows].astype(str))}"
-        )
-    if frame[path_column].isna().any():
-        raise ValueError(f"manifest rows without a path in column {path_column!r}")
-    written = frame[path_column].astype(str)
-    manifest = pd.DataFrame(
-        {
-            "path": written.map(lambda p: _resolve(table.folder, p)).to_numpy(),
-            "relative_path": written.to_numpy(),
-            "label": labels.astype(str).to_numpy(),
-        }
-    )
-    for column in extra:
-        manifest[column] = frame[column].to_numpy()
-    return _sorted_and_counted(manifest)
+    return extra
+
+
+def _unlabelled(labels: pd.Series) -> pd.Series:
+    return labels.isna() | (labels.astype(str).str.strip() == "")
 
 
 def _resolve(folder: str, path: str) -> str:
@@ -190,6 +252,278 @@ def _sorted_and_counted(manifest: pd.DataFrame) -> pd.DataFrame:
         "Found %d images in %d classes", len(manifest), manifest["label"].nunique()
     )
     return manifest
+
+
+# --- judging the data before any work -------------------------------------------------
+#
+# What can be found without decoding a file, found before the run starts (before MLflow
+# opens a run), and reported all at once: a folder without images, class folders
+# without any, classes too small for the split; for a table also each row without a
+# path or a label, whose file does not exist, or whose file does not start as an image
+# (its header, read without decoding). What a file's pixels hold is left to the file
+# check, which decodes every file once.
+
+
+def judge_folder(listing: pd.DataFrame, config: DataConfig, key: str = "data") -> None:
+    """Refuse a folder listing the run could not use, naming every problem in one
+    :class:`DataError`: no images at all, class folders without any, classes with too
+    few images for ``data.split``. Reads no file."""
+    found = _images_in(listing)
+    folder = listing.attrs.get("folder")
+    source = {"type": "folder", "folder": folder}
+    if found.manifest.empty:
+        message = _no_images(listing, found.skipped)
+        raise DataError(message, {"source": source, "refused": message, "problems": [message],
+                                  "images_found": 0})
+    sizes = found.manifest["label"].value_counts().sort_index()
+    fractions = config.split.fractions
+    too_small = classes_too_small(sizes, fractions)
+    summaries, problems = [], []
+    if too_small:
+        summaries.append(f"{_classes_have(len(too_small))} too few images for "
+                         f"{_split_needs(fractions, f'{key}.split')}")
+        problems += [f"class {label!r}: {_count(n, 'image')}" for label, n in too_small.items()]
+    if found.empty_classes:
+        summaries.append(f"{_count(len(found.empty_classes), 'class folder')} without any "
+                         f"image (extensions {_extensions()})")
+        problems += [f"class folder {name!r}: no image in it" for name in found.empty_classes]
+    if config.split.group_column is not None:
+        summaries.append(f"{key}.split.group_column is set")
+        problems.append(f"{key}.split.group_column {config.split.group_column!r}: an image "
+                        "folder has no columns; groups come with a table (data.source: manifest)")
+    if not problems:
+        return
+    subject = f"the image folder {folder!r}" if folder else "the image folder"
+    head = f"{subject} cannot be used: {'; '.join(summaries)}"
+    raise DataError(
+        _refusal(head, problems, "Add images to these classes or remove their folders, and "
+                 "run again."),
+        {"source": source, "refused": head, "problems": problems,
+         "images_found": len(found.manifest),
+         "images_per_class": {str(k): int(v) for k, v in sizes.items()},
+         "images_needed_per_class": images_needed(fractions), "classes_too_small": too_small,
+         "class_folders_without_images": found.empty_classes},
+    )
+
+
+def judge_table(table: ImageTable, config: DataConfig, name: str | None = None,
+                key: str = "data") -> None:
+    """Refuse an image table the run could not use, naming every bad row and every class
+    too small for the split in one :class:`DataError`.
+
+    Each row's file is looked for and its header read (:func:`check_headers`). A row
+    without a path or a label, or whose file does not exist, stops the run, as it would
+    later; files that cannot be read stop it above ``data.max_bad_fraction``, and below
+    it are left to the file check, which sets them aside. Rows are numbered from 1, the
+    header not counted. ``name``: the table, as the message names it.
+    """
+    frame = table.frame
+    _table_columns(frame, config.manifest.path_column, config.manifest.label_column,
+                   f"{key}.manifest")
+    subject = f"the image table {name!r}" if name else "the image table"
+    source = {"type": "manifest", "table": name}
+    if frame.empty:
+        message = f"{subject} has no rows"
+        raise DataError(message, {"source": source, "refused": message, "problems": [message]})
+    logger.info("Checking the %d rows of the image table before the run: each file is there "
+                "and starts as an image", len(frame))
+    rows, sizes, checked = _judge_rows(table, config, key)
+    unreadable = sum(not row["stops_the_run"] for row in rows)
+    fraction = unreadable / len(frame)
+    fractions = config.split.fractions
+    too_small = classes_too_small(sizes, fractions)
+    group = config.split.group_column
+    no_group = group is not None and group not in frame.columns
+    stops = any(row["stops_the_run"] for row in rows)
+    if not (stops or fraction > config.max_bad_fraction or too_small or no_group):
+        if rows:
+            logger.info("%d of %d rows cannot be read; the file check will set them aside "
+                        "(%s.max_bad_fraction = %g)", len(rows), len(frame), key,
+                        config.max_bad_fraction)
+        return
+    summaries, problems = [], []
+    if rows:
+        summaries.append(f"{len(rows)} of {len(frame)} rows have problems")
+        problems += [f"row {row['row']}"
+                     + (f" {row['relative_path']!r}" if row["relative_path"] else "")
+                     + f": {row['reason']}" for row in rows]
+    if too_small:
+        summaries.append(f"{_classes_have(len(too_small))} too few images for "
+                         f"{_split_needs(fractions, f'{key}.split')}")
+        problems += [f"class {label!r}: {_count(n, 'readable image')}"
+                     for label, n in too_small.items()]
+    if no_group:
+        summaries.append(f"no column {group!r}")
+        problems.append(f"{key}.split.group_column: the table has no column {group!r}; its "
+                        f"columns are {', '.join(map(repr, frame.columns))}")
+    head = f"{subject} cannot be used: {'; '.join(summaries)}"
+    rules = []
+    if rows:
+        rules.append(
+            "A row without a path or a label, or whose file does not exist, stops the run; "
+            f"files that cannot be read stop it above {key}.max_bad_fraction = "
+            f"{config.max_bad_fraction:g} (here {unreadable} of {len(frame)}, {fraction:.1%}) "
+            "and are set aside below it.")
+    rules.append("Correct the table or its files, and run again.")
+    raise DataError(
+        _refusal(head, problems, "\n".join(rules)),
+        {"source": source, "refused": head, "problems": problems, "files_checked": checked,
+         "images_used": 0, "bad_files": rows, "bad_fraction": round(fraction, 6),
+         "max_bad_fraction": config.max_bad_fraction,
+         "images_per_class": {str(k): int(v) for k, v in sizes.items()},
+         "images_needed_per_class": images_needed(fractions), "classes_too_small": too_small},
+    )
+
+
+def _judge_rows(table: ImageTable, config: DataConfig, key: str
+                ) -> tuple[list[dict[str, Any]], pd.Series, int]:
+    """The table's bad rows (row number, path, label, every reason, and whether the row
+    stops the run whatever data.max_bad_fraction says), the readable images per class
+    (every label given, 0 where none is readable), and the number of files checked."""
+    frame = table.frame
+    path_column, label_column = config.manifest.path_column, config.manifest.label_column
+    written, labels = frame[path_column], frame[label_column]
+    no_path = (written.isna() | (written.astype(str).str.strip() == "")).to_numpy()
+    no_label = _unlabelled(labels).to_numpy()
+    paths = [None if skip else _resolve(table.folder, str(path))
+             for path, skip in zip(written, no_path, strict=True)]
+    to_check = [path for path in paths if path is not None]
+    checks = iter(check_headers(to_check))
+    rows, readable = [], []
+    for position, (path, label) in enumerate(zip(paths, labels, strict=True)):
+        reasons, stops = [], bool(no_path[position] or no_label[position])
+        if no_path[position]:
+            reasons.append(f"no path in column {path_column!r} ({key}.manifest.path_column)")
+        if no_label[position]:
+            reasons.append(f"no label in column {label_column!r} ({key}.manifest.label_column)")
+        check = next(checks) if path is not None else None
+        if check is not None and check.reason is not None:
+            reasons.append(check.reason)
+            stops = stops or check.missing
+        if not reasons:
+            readable.append(str(label))
+            continue
+        rows.append({"row": position + 1, "path": path,
+                     "relative_path": None if no_path[position] else str(written.iloc[position]),
+                     "label": None if no_label[position] else str(label),
+                     "reason": "; ".join(reasons), "stops_the_run": stops})
+    given = sorted({str(label) for label, skip in zip(labels, no_label, strict=True) if not skip})
+    sizes = pd.Series(readable, dtype=object).value_counts().reindex(given, fill_value=0)
+    return rows, sizes, len(to_check)
+
+
+def _refusal(head: str, problems: list[str], advice: str) -> str:
+    """The message of a refusal: what is wrong, each problem on a line of its own (the
+    first :data:`PROBLEMS_SHOWN`), and what to do."""
+    lines = [f"{head}:", *(f"- {problem}" for problem in problems[:PROBLEMS_SHOWN])]
+    if len(problems) > PROBLEMS_SHOWN:
+        lines.append(f"- and {len(problems) - PROBLEMS_SHOWN} more")
+    return "\n".join([*lines, advice])
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _classes_have(n: int) -> str:
+    return "1 class has" if n == 1 else f"{n} classes have"
+
+
+def check_headers(paths: Sequence[str]) -> list[images.FileCheck]:
+    """:func:`check_header` of each path, several at a time (most of the time is spent
+    waiting on the disk or the network)."""
+    images.read_timeout()  # a bad bound is refused here, not given as every file's reason
+    silent: dict[str, str] = {}
+    results: list[images.FileCheck] = []
+    if not paths:
+        return results
+    pool = ThreadPoolExecutor(min(HEADER_THREADS, len(paths)))
+    try:
+        for start in range(0, len(paths), 1024):  # not a million futures at once
+            results += pool.map(lambda path: check_header(path, silent),
+                                paths[start:start + 1024])
+    finally:
+        # On Ctrl-C, the files not yet begun are not read.
+        pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+def check_header(path: str, silent: dict[str, str] | None = None) -> images.FileCheck:
+    """Whether there is a file at ``path`` that starts as an image: PIL reads its header
+    (format, size, mode) and decodes nothing, so a truncated image passes. Over the
+    network the first :data:`HEAD_BYTES` are read, within the read bound; a host that
+    let a read time out is put in ``silent`` and not asked again. Reasons are worded as
+    :func:`~kedro_torch.pytorch.images.check_file` words them."""
+    silent = {} if silent is None else silent
+    seconds = images.read_timeout() if "://" in path else None  # a bad bound is raised
+    try:
+        if seconds is None:
+            if os.path.getsize(path) == 0:
+                return images.FileCheck(reason="empty file (0 bytes)")
+            with Image.open(path):
+                return images.FileCheck()
+        return _remote_header(path, silent, seconds)
+    except FileNotFoundError:
+        return images.FileCheck(reason="no file at this path", missing=True)
+    except UnidentifiedImageError:
+        return images.FileCheck(reason="not an image: PIL cannot identify it")
+    except Image.DecompressionBombError as error:
+        return images.FileCheck(reason=f"too large to decode safely: {error}")
+    except OSError as error:
+        return images.FileCheck(reason=f"cannot read: {error}")
+    except Exception as error:  # PIL's header parsers raise SyntaxError, ValueError, ...
+        return images.FileCheck(reason=f"cannot decode: {error}")
+
+
+def _remote_header(path: str, silent: dict[str, str], seconds: float) -> images.FileCheck:
+    filesystem, inner = fsspec.core.url_to_fs(path)
+    try:
+        head = _read_head(filesystem, inner, path, silent, seconds)
+    except OSError:
+        raise
+    except Exception:  # an HTTP status fsspec gives as no OSError (416 on an empty file, ...)
+        head = None
+    if head is not None and len(head) < HEAD_BYTES:  # the whole file
+        if not head:
+            return images.FileCheck(reason="empty file (0 bytes)")
+        with Image.open(io.BytesIO(head)):
+            return images.FileCheck()
+    if head is not None:
+        try:
+            with Image.open(io.BytesIO(head)):
+                return images.FileCheck()
+        except Exception:  # the header may go on past what was read
+            pass
+    try:
+        data = images.read_bytes(path)
+    except OSError:
+        raise
+    except Exception as error:
+        raise OSError(str(error)) from error
+    if not data:
+        return images.FileCheck(reason="empty file (0 bytes)")
+    with Image.open(io.BytesIO(data)):
+        return images.FileCheck()
+
+
+def _read_head(filesystem: fsspec.AbstractFileSystem, inner: str, path: str,
+               silent: dict[str, str], seconds: float) -> bytes:
+    """The first :data:`HEAD_BYTES` of a file over the network, in one request given up
+    after ``seconds`` (:func:`~kedro_torch.pytorch.images.read_timeout`), as
+    :func:`~kedro_torch.pytorch.images.read_bytes` reads a whole file."""
+    if not isinstance(filesystem, AsyncFileSystem):
+        return filesystem.cat_file(inner, start=0, end=HEAD_BYTES)
+    parts = urlsplit(path)
+    host = f"{parts.scheme}://{parts.netloc}"
+    if host in silent:
+        raise images.ReadTimedOut(f"{path}: not asked, {silent[host]}")
+    try:
+        return filesystem.cat_file(inner, start=0, end=HEAD_BYTES, timeout=seconds)
+    except TimeoutError as error:
+        what = (f"{host} did not send {path} within {seconds:g} s "
+                f"({images.READ_TIMEOUT_VARIABLE})")
+        silent[host] = what
+        raise images.ReadTimedOut(what) from error
 
 
 # --- checking ------------------------------------------------------------------------
@@ -290,7 +624,7 @@ def set_aside_bad_files(
     """
     missing = manifest["missing"].astype(bool)
     if missing.any():
-        raise ValueError(
+        raise DataError(
             f"{int(missing.sum())} listed images have no file behind them: "
             f"{_listing(manifest.loc[missing, 'path'])}"
         )
@@ -298,7 +632,7 @@ def set_aside_bad_files(
     fraction = float(bad.mean())
     if fraction > max_bad_fraction:
         examples = (manifest.loc[bad, "relative_path"] + " (" + manifest.loc[bad, "reason"] + ")")
-        raise ValueError(
+        raise DataError(
             f"{int(bad.sum())} of {len(manifest)} images ({fraction:.1%}) cannot be read, more "
             f"than {key} = {max_bad_fraction}: {_listing(examples)}"
         )
@@ -328,8 +662,8 @@ def split_manifest(
     rule that made the split, for the report.
     """
     if config.group_column is not None and config.group_column not in usable.columns:
-        raise ValueError(f"{key}.group_column: the manifest has no column "
-                         f"{config.group_column!r}")
+        raise DataError(f"{key}.group_column: the manifest has no column "
+                        f"{config.group_column!r}")
     groups = usable[config.group_column].tolist() if config.group_column else None
     keys = split_keys(usable["content_hash"], groups)
     if OWN_SPLIT in usable.columns:
@@ -438,19 +772,15 @@ def check_split(
     """
     counts = pd.crosstab(pd.Series(labels, name="label"), pd.Series(splits, name="split"))
     counts = counts.reindex(columns=list(SPLITS), fill_value=0)
-    smallest = min(f for f in fractions.values() if f > 0)
-    needed = math.ceil(1 / smallest - 1e-9)
-    sizes = counts.sum(axis=1)
-    too_small = sizes[sizes < needed]
-    if not too_small.empty:
-        raise ValueError(
-            f"classes with too few images for {key} (at least {needed} each for "
-            f"{', '.join(f'{s} {fractions[s]:g}' for s in SPLITS)}): "
+    too_small = classes_too_small(counts.sum(axis=1), fractions)
+    if too_small:
+        raise DataError(
+            f"classes with too few images for {_split_needs(fractions, key)}: "
             + ", ".join(f"{label!r} ({n})" for label, n in too_small.items())
         )
     no_train = counts.index[counts["train"] == 0]
     if len(no_train):
-        raise ValueError(
+        raise DataError(
             f"classes without any training image under {key}.seed: "
             f"{', '.join(map(repr, no_train))}; change {key}.seed or add images"
         )
@@ -462,6 +792,22 @@ def check_split(
         if labels_missed:
             logger.warning("No %s images for classes %s", split, ", ".join(labels_missed))
     return {split: names for split, names in missed.items() if names}
+
+
+def images_needed(fractions: dict[str, float]) -> int:
+    """The images a class needs to be split: one in the smallest non-zero fraction."""
+    return math.ceil(1 / min(f for f in fractions.values() if f > 0) - 1e-9)
+
+
+def classes_too_small(sizes: pd.Series, fractions: dict[str, float]) -> dict[str, int]:
+    """The classes (``sizes``: images per class) with fewer images than the split needs."""
+    needed = images_needed(fractions)
+    return {str(label): int(n) for label, n in sizes.items() if n < needed}
+
+
+def _split_needs(fractions: dict[str, float], key: str) -> str:
+    return (f"{key} (at least {images_needed(fractions)} each for "
+            f"{', '.join(f'{s} {fractions[s]:g}' for s in SPLITS)})")
 
 
 # --- statistics and report -----------------------------------------------------------

@@ -36,6 +36,11 @@ def _note(signum: int) -> None:
     _received.append(signum)
 
 
+def forget_signals() -> None:
+    """A new run starts: what an earlier one in this process received was its own."""
+    _received.clear()
+
+
 def leave_ctrl_c_to_the_main_process(worker_id: int) -> None:
     """A DataLoader ``worker_init_fn``: workers ignore SIGINT.
 
@@ -125,7 +130,7 @@ def raise_on_signals() -> dict[int, Any]:
     """
     if threading.current_thread() is not threading.main_thread():
         return {}
-    _received.clear()  # a new run: what an earlier one in this process received is its own
+    forget_signals()
 
     def interrupt(signum: int, frame: object) -> None:
         _note(signum)

@@ -104,7 +104,27 @@ def check_tracking_server(context: KedroContext) -> bool:
         reason = unreadable(path) if path else None
         if reason is not None:
             raise StoreUnreadable(store_message(path, f" (from {source})", reason))
+        if path is not None and not path.exists():
+            create_store(path)
     return True
+
+
+def create_store(path: Path) -> None:
+    """A new SQLite store, its tables made under a temporary name, then renamed into
+    place. MLflow creates them in dozens of migration steps; a Ctrl-C between two
+    would leave a file that no later run can open."""
+    from mlflow.store.db import utils  # noqa: PLC0415  (MLflow's own table set-up)
+
+    temporary = path.with_name(f"{path.name}.new-{os.getpid()}")
+    try:
+        engine = utils.create_sqlalchemy_engine_with_retry(f"sqlite:///{temporary}")
+        try:
+            utils._initialize_tables(engine)
+        finally:
+            engine.dispose()
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def bound_requests() -> None:

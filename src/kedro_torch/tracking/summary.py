@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from kedro_torch.pytorch.config import DataConfig, ModelConfig, TrainingConfig, parse
+from kedro_torch.tracking import store
 
 TRAINING_VIEW = "workflowType=machine_learning"
 
@@ -136,21 +137,13 @@ def ui_hint(tracking_uri: str, project: Path, experiment_id: str, run_id: str) -
     page = f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/{page}"
-    if sqlite_file(tracking_uri) == (project / "mlflow.db").resolve():
+    database = store.sqlite_file(tracking_uri)
+    if database is not None and database.resolve() == (project / "mlflow.db").resolve():
         command = "make ui"
     else:
         command = f".venv/bin/mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
     port = os.environ.get("MLFLOW_PORT") or "5000"
     return f"{command}, then http://127.0.0.1:{port}/{page}"
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (a relative one is relative to the
-    working folder, as SQLAlchemy reads it); None for other stores."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    return (Path.cwd() / uri.removeprefix(prefix).split("?")[0]).resolve()
 
 
 def saved_folders(pipeline: Pipeline, catalog: DataCatalog, project: Path) -> list[str]:
