@@ -106,7 +106,7 @@ class ParameterValidationHook:
             return
         described = catalog[entry]._describe()
         loaded = catalog.load(entry)
-        _replace(catalog, entry, MemoryDataset(data=loaded, copy_mode="assign"))
+        _replace(catalog, entry, _Loaded(loaded, described))
         try:
             if entry == "raw_images":
                 data.judge_folder(loaded, config)
@@ -148,6 +148,18 @@ class ParameterValidationHook:
         if not path:
             return ParameterError(f"{key}: no {what} given; pass one with --params {key}=...")
         return ParameterError(f"{key}: {what} {str(path)!r} does not exist")
+
+
+class _Loaded(MemoryDataset):
+    """What a catalog entry loaded, handed on to the nodes that read it, and described
+    as that entry (the run's summary names the folder or table it came from)."""
+
+    def __init__(self, data: Any, described: dict[str, Any]):
+        super().__init__(data=data, copy_mode="assign")
+        self._described = described
+
+    def _describe(self) -> dict[str, Any]:
+        return self._described
 
 
 def _shown(path: str) -> str:

@@ -117,13 +117,14 @@ def test_registered_model_has_a_signature_and_an_input_example(finished_run):
     assert info.saved_input_example_info["type"] == "dataframe"
 
 
-def test_experiment_opens_on_training_and_the_run_describes_itself(finished_run):
+def test_experiment_opens_on_training_and_the_run_describes_itself(finished_run,
+                                                                   small_digits):
     client, run = finished_run
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     note = run.data.tags["mlflow.note.content"]
     assert f"**Test accuracy {run.data.metrics['test_accuracy']:.4f}**" in note
-    assert "200 images in 10 classes" in note
+    assert f"200 images in 10 classes from `{small_digits}`" in note
     assert f"{EPOCHS} epochs, `AdamW`" in note
     sections = {name.split("/")[0] for name in run.data.metrics if "/" in name}
     assert sections == {"system", "test_per_class"}
