@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from kedro_torch import errors
+from kedro_torch.pytorch import images
 from kedro_torch.pytorch.config import (
     DataConfig,
     ManifestConfig,
@@ -59,8 +60,9 @@ def good_rows(folder, per_class: int = 10, classes: str = "ab") -> list[tuple[st
 @pytest.fixture
 def server():
     """A local HTTP server: /digit.png an image, /notes.png text, /big.jpg a JPEG whose
-    header ends past the first HEAD_BYTES (a large colour profile comes first), 404
-    elsewhere; it honours byte ranges as web servers and object stores do."""
+    header ends past the first HEAD_BYTES (a large colour profile comes first), /broken
+    a server error, 404 elsewhere; it honours byte ranges as web servers and object
+    stores do."""
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(buffer, format="PNG")
     big = io.BytesIO()
@@ -73,7 +75,7 @@ def server():
         def do_GET(self):
             body = files.get(self.path)
             if body is None:
-                self.send_response(404)
+                self.send_response(500 if self.path == "/broken.png" else 404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -121,6 +123,13 @@ def test_over_http_the_header_is_read_and_a_404_is_a_missing_file(server):
     assert check_header(f"{server}/gone.png").missing
     # Its header does not fit in the first bytes read: the whole file is read, and passes.
     assert check_header(f"{server}/big.jpg").reason is None
+
+
+def test_a_server_error_is_a_read_error_before_the_run_and_in_the_file_check(server):
+    url = f"{server}/broken.png"
+    assert check_header(url).reason.startswith(f"cannot read: {url}: 500")
+    checked = images.check_file(url, 8, 1, keep_pixels=False)
+    assert checked.reason.startswith(f"cannot read: {url}: 500") and not checked.missing
 
 
 def test_a_refused_connection_is_a_read_error_naming_the_address():

@@ -19,12 +19,10 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
 import pandas as pd
-from fsspec.asyn import AsyncFileSystem
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
@@ -433,36 +431,32 @@ def check_headers(paths: Sequence[str]) -> list[images.FileCheck]:
     """:func:`check_header` of each path, several at a time (most of the time is spent
     waiting on the disk or the network)."""
     images.read_timeout()  # a bad bound is refused here, not given as every file's reason
-    silent: dict[str, str] = {}
     results: list[images.FileCheck] = []
     if not paths:
         return results
     pool = ThreadPoolExecutor(min(HEADER_THREADS, len(paths)))
     try:
         for start in range(0, len(paths), 1024):  # not a million futures at once
-            results += pool.map(lambda path: check_header(path, silent),
-                                paths[start:start + 1024])
+            results += pool.map(check_header, paths[start:start + 1024])
     finally:
         # On Ctrl-C, the files not yet begun are not read.
         pool.shutdown(wait=False, cancel_futures=True)
     return results
 
 
-def check_header(path: str, silent: dict[str, str] | None = None) -> images.FileCheck:
+def check_header(path: str) -> images.FileCheck:
     """Whether there is a file at ``path`` that starts as an image: PIL reads its header
     (format, size, mode) and decodes nothing, so a truncated image passes. Over the
-    network the first :data:`HEAD_BYTES` are read, within the read bound; a host that
-    let a read time out is put in ``silent`` and not asked again. Reasons are worded as
+    network the first :data:`HEAD_BYTES` are read, within the read bound
+    (:func:`~kedro_torch.pytorch.images.read_bytes`). Reasons are worded as
     :func:`~kedro_torch.pytorch.images.check_file` words them."""
-    silent = {} if silent is None else silent
-    seconds = images.read_timeout() if "://" in path else None  # a bad bound is raised
     try:
-        if seconds is None:
+        if "://" not in path:
             if os.path.getsize(path) == 0:
                 return images.FileCheck(reason="empty file (0 bytes)")
             with Image.open(path):
                 return images.FileCheck()
-        return _remote_header(path, silent, seconds)
+        return _remote_header(path)
     except FileNotFoundError:
         return images.FileCheck(reason="no file at this path", missing=True)
     except UnidentifiedImageError:
@@ -475,55 +469,25 @@ def check_header(path: str, silent: dict[str, str] | None = None) -> images.File
         return images.FileCheck(reason=f"cannot decode: {error}")
 
 
-def _remote_header(path: str, silent: dict[str, str], seconds: float) -> images.FileCheck:
-    filesystem, inner = fsspec.core.url_to_fs(path)
+def _remote_header(path: str) -> images.FileCheck:
     try:
-        head = _read_head(filesystem, inner, path, silent, seconds)
-    except OSError:
+        head = images.read_bytes(path, end=HEAD_BYTES)
+    except (FileNotFoundError, TimeoutError):
         raise
-    except Exception:  # an HTTP status fsspec gives as no OSError (416 on an empty file, ...)
+    except OSError:  # a range some servers refuse (416 for an empty file, ...)
         head = None
-    if head is not None and len(head) < HEAD_BYTES:  # the whole file
-        if not head:
-            return images.FileCheck(reason="empty file (0 bytes)")
-        with Image.open(io.BytesIO(head)):
-            return images.FileCheck()
-    if head is not None:
+    if head:
         try:
             with Image.open(io.BytesIO(head)):
                 return images.FileCheck()
-        except Exception:  # the header may go on past what was read
-            pass
-    try:
-        data = images.read_bytes(path)
-    except OSError:
-        raise
-    except Exception as error:
-        raise OSError(str(error)) from error
+        except Exception:
+            if len(head) < HEAD_BYTES:  # that was the whole file
+                raise
+    data = head if head is not None and len(head) < HEAD_BYTES else images.read_bytes(path)
     if not data:
         return images.FileCheck(reason="empty file (0 bytes)")
     with Image.open(io.BytesIO(data)):
         return images.FileCheck()
-
-
-def _read_head(filesystem: fsspec.AbstractFileSystem, inner: str, path: str,
-               silent: dict[str, str], seconds: float) -> bytes:
-    """The first :data:`HEAD_BYTES` of a file over the network, in one request given up
-    after ``seconds`` (:func:`~kedro_torch.pytorch.images.read_timeout`), as
-    :func:`~kedro_torch.pytorch.images.read_bytes` reads a whole file."""
-    if not isinstance(filesystem, AsyncFileSystem):
-        return filesystem.cat_file(inner, start=0, end=HEAD_BYTES)
-    parts = urlsplit(path)
-    host = f"{parts.scheme}://{parts.netloc}"
-    if host in silent:
-        raise images.ReadTimedOut(f"{path}: not asked, {silent[host]}")
-    try:
-        return filesystem.cat_file(inner, start=0, end=HEAD_BYTES, timeout=seconds)
-    except TimeoutError as error:
-        what = (f"{host} did not send {path} within {seconds:g} s "
-                f"({images.READ_TIMEOUT_VARIABLE})")
-        silent[host] = what
-        raise images.ReadTimedOut(what) from error
 
 
 # --- checking ------------------------------------------------------------------------

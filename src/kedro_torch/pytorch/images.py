@@ -63,20 +63,24 @@ class FileCheck:
     pixel_sumsq: np.ndarray | None = None
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole file; plain paths skip fsspec's URL parsing, which costs per file.
+def read_bytes(path: str, end: int | None = None) -> bytes:
+    """The whole file, or its first ``end`` bytes; plain paths skip fsspec's URL
+    parsing, which costs per file.
 
     Over the network the read is one request (``cat_file``), given up after
     :func:`read_timeout` seconds with :class:`ReadTimedOut` naming the URL: fsspec's
     http filesystem would otherwise wait on a host that takes the connection and never
-    answers for aiohttp's five minutes, twice (``open`` asks for the size first).
+    answers for aiohttp's five minutes, twice (``open`` asks for the size first). A host
+    that let a read time out is not asked again for a while. An HTTP status other than
+    404 (which is a missing file) is an ``OSError`` naming the URL.
     """
     if "://" not in path:
         with open(path, "rb") as file:
-            return file.read()
+            return file.read() if end is None else file.read(end)
     filesystem, inner = fsspec.core.url_to_fs(path)
+    span = {} if end is None else {"start": 0, "end": end}
     if not isinstance(filesystem, AsyncFileSystem):
-        return filesystem.cat_file(inner)
+        return filesystem.cat_file(inner, **span)
     host = _host(path)
     until, earlier = _silent_hosts.get(host, (0.0, ""))
     if time.monotonic() < until:
@@ -84,11 +88,15 @@ def read_bytes(path: str) -> bytes:
     seconds = read_timeout()
     try:
         # fsspec runs the request on its event loop and cancels it at the deadline.
-        return filesystem.cat_file(inner, timeout=seconds)
+        return filesystem.cat_file(inner, timeout=seconds, **span)
     except TimeoutError as error:  # fsspec's FSTimeoutError, aiohttp's ServerTimeoutError
         what = f"{host} did not send {path} within {seconds:g} s ({READ_TIMEOUT_VARIABLE})"
         _silent_hosts[host] = (time.monotonic() + SILENT_HOST_PAUSE_S, what)
         raise ReadTimedOut(what) from error
+    except OSError:
+        raise
+    except Exception as error:  # aiohttp's ClientResponseError (a 500, ...) is no OSError
+        raise OSError(f"{path}: {error}") from error
 
 
 def read_timeout() -> float:
