@@ -320,22 +320,25 @@ class InterruptionHook:
 
     @hook_impl
     def before_pipeline_run(self) -> None:
+        """Before kedro-mlflow opens the run: a signal whose exit was dropped during
+        start-up (raised in a finalizer, which Python reports and ignores) stops the
+        command here, with no run opened."""
         self._handlers = interrupts.raise_on_signals()
+        _stop_if_signalled()
 
     @hook_impl
     def after_node_run(self) -> None:
         """A signal whose exception was dropped (raised in a callback at a fork, as the
         file check starts its workers, or in a log handler, which reports its own
         errors and goes on) stops the run here, at the latest."""
-        if (signum := interrupts.received()) is not None:
-            raise interrupts.Interrupted(signum)
+        _stop_if_signalled()
 
     @hook_impl
     def after_pipeline_run(self) -> None:
         """The same after the last node, before kedro-mlflow closes the run: the run
         then ends as interrupted (tracking's exit handler records it KILLED)."""
         interrupts.restore_handlers(self._handlers)
-        self.after_node_run()
+        _stop_if_signalled()
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
@@ -347,6 +350,11 @@ class InterruptionHook:
         if interrupted is not None:
             logger.warning("%s", interrupted)
             raise SystemExit(interrupted.exit_code)
+
+
+def _stop_if_signalled() -> None:
+    if (signum := interrupts.received()) is not None:
+        raise interrupts.Interrupted(signum)
 
 
 def resume_command(run_params: dict[str, Any]) -> str:

@@ -37,7 +37,9 @@ def _note(signum: int) -> None:
 
 
 def forget_signals() -> None:
-    """A new run starts: what an earlier one in this process received was its own."""
+    """For a process that runs one pipeline after another (a test session): what an
+    earlier one received is not the next one's. A ``kedro`` command runs one pipeline,
+    and keeps every signal it received from its start."""
     _received.clear()
 
 
@@ -130,7 +132,6 @@ def raise_on_signals() -> dict[int, Any]:
     """
     if threading.current_thread() is not threading.main_thread():
         return {}
-    forget_signals()
 
     def interrupt(signum: int, frame: object) -> None:
         _note(signum)
