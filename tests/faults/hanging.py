@@ -1,7 +1,8 @@
-"""Local servers that take a connection and then do not answer, for the tests of the
-bounds on network reads: a socket that never replies, an HTTP server that answers
-``/health`` and holds every other request, and a proxy in front of a real server that
-can be made to hold its API mid-run."""
+"""Local servers for the tests of reads over the network: files served over HTTP, and
+servers that take a connection and then do not answer, for the bounds on those reads
+(a socket that never replies, an HTTP server that answers ``/health`` and holds every
+other request, and a proxy in front of a real server that can be made to hold its API
+mid-run)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,43 @@ from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HOLD_S = 600  # longer than any test waits
+
+
+@contextmanager
+def files_over_http(files: dict[str, bytes], statuses: dict[str, int] | None = None
+                    ) -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` of a server of ``files`` by path, which honours byte
+    ranges as web servers and object stores do; a path of ``statuses`` answers that
+    status, any other path 404."""
+    statuses = statuses or {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            if body is None:
+                self.send_response(statuses.get(self.path, 404))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            asked = self.headers.get("Range")
+            if asked:
+                first, last = asked.removeprefix("bytes=").split("-")
+                body = body[int(first):int(last) + 1]
+            self.send_response(206 if asked else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextmanager

@@ -5,9 +5,7 @@ where fsspec would wait for aiohttp's five minutes, twice."""
 from __future__ import annotations
 
 import io
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from PIL import Image
 from kedro_torch.pytorch import images
 from kedro_torch.pytorch.config import ParameterError
 from kedro_torch.pytorch.images import READ_TIMEOUT_VARIABLE, ReadTimedOut
-from tests.faults.hanging import silent_host
+from tests.faults.hanging import files_over_http, silent_host
 
 
 @pytest.fixture(autouse=True)
@@ -30,25 +28,8 @@ def png_server():
     """A local HTTP server of one 8x8 grey PNG at /digit.png; 404 elsewhere."""
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(buffer, format="PNG")
-    png = buffer.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            found = self.path == "/digit.png"
-            self.send_response(200 if found else 404)
-            self.send_header("Content-Length", str(len(png) if found else 0))
-            self.end_headers()
-            if found:
-                self.wfile.write(png)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with files_over_http({"/digit.png": buffer.getvalue()}) as url:
+        yield url
 
 
 def test_a_host_that_never_answers_fails_the_read_within_the_bound(monkeypatch):

@@ -5,9 +5,7 @@ DataError whose report holds every finding."""
 from __future__ import annotations
 
 import io
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -35,7 +33,7 @@ from kedro_torch.pytorch.data import (
     manifest_from_listing,
 )
 from kedro_torch.pytorch.images import READ_TIMEOUT_VARIABLE
-from tests.faults.hanging import silent_host
+from tests.faults.hanging import files_over_http, silent_host
 from tests.image_files import (
     image_folder,
     write_empty_file,
@@ -60,9 +58,8 @@ def good_rows(folder, per_class: int = 10, classes: str = "ab") -> list[tuple[st
 @pytest.fixture
 def server():
     """A local HTTP server: /digit.png an image, /notes.png text, /big.jpg a JPEG whose
-    header ends past the first HEAD_BYTES (a large colour profile comes first), /broken
-    a server error, 404 elsewhere; it honours byte ranges as web servers and object
-    stores do."""
+    header ends past the first HEAD_BYTES (a large colour profile comes first),
+    /broken.png a server error, 404 elsewhere."""
     buffer = io.BytesIO()
     Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(buffer, format="PNG")
     big = io.BytesIO()
@@ -70,32 +67,8 @@ def server():
         big, format="JPEG", icc_profile=bytes(3 * HEAD_BYTES))
     files = {"/digit.png": buffer.getvalue(), "/notes.png": b"not an image\n",
              "/big.jpg": big.getvalue()}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = files.get(self.path)
-            if body is None:
-                self.send_response(500 if self.path == "/broken.png" else 404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            asked = self.headers.get("Range")
-            if asked:
-                first, last = asked.removeprefix("bytes=").split("-")
-                body = body[int(first):int(last) + 1]
-            self.send_response(206 if asked else 200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+    with files_over_http(files, {"/broken.png": 500}) as url:
+        yield url
 
 
 # --- one file's header -------------------------------------------------------------------
