@@ -1,16 +1,25 @@
 """A real MLflow tracking server for the tests of what happens when tracking goes
-over HTTP and when the server is not there, and a project copy that tracks to it."""
+over HTTP and when the server is not there, and a project copy that tracks to it.
+Every fault test runs without the switch that prints tracebacks, as a user does."""
 
 import sys
 from pathlib import Path
 
 import pytest
 
+from kedro_torch import errors
+
 # The same throw-away project copy as the end-to-end tests', one of its own for these.
 from tests.e2e.conftest import project  # noqa: F401
 from tests.servers import free_port, start, stop
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_switch(monkeypatch):
+    """As a user runs it: without the switch that prints tracebacks above the message."""
+    monkeypatch.delenv(errors.TRACEBACK_SWITCH, raising=False)
 
 
 def write_mlflow_yml(root: Path, env: str, tracking_uri: str) -> None:

@@ -36,12 +36,6 @@ def project(request) -> Path:
     return bootstrapped(request, "bad_data_project")
 
 
-@pytest.fixture(autouse=True)
-def no_traceback_switch(monkeypatch):
-    """As a user runs it: without the switch that prints tracebacks too."""
-    monkeypatch.delenv(errors.TRACEBACK_SWITCH, raising=False)
-
-
 def mlflow_runs(project: Path) -> int:
     """The runs in the project's MLflow store, deleted ones too (none without a store)."""
     if not (project / "mlflow.db").exists():

@@ -150,12 +150,6 @@ def project(request) -> Path:
     return bootstrapped(request, "bad_parameters_project")
 
 
-@pytest.fixture(autouse=True)
-def no_traceback_switch(monkeypatch):
-    """As a user runs it: without the switch that prints tracebacks too."""
-    monkeypatch.delenv(errors.TRACEBACK_SWITCH, raising=False)
-
-
 @pytest.fixture(scope="module")
 def base(small_digits) -> list[str]:
     """Valid --params that would make any run that got through short."""
