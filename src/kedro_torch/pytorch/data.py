@@ -459,14 +459,12 @@ def check_header(path: str) -> images.FileCheck:
         return _remote_header(path)
     except FileNotFoundError:
         return images.FileCheck(reason="no file at this path", missing=True)
-    except UnidentifiedImageError:
-        return images.FileCheck(reason="not an image: PIL cannot identify it")
-    except Image.DecompressionBombError as error:
-        return images.FileCheck(reason=f"too large to decode safely: {error}")
+    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+        return images.FileCheck(reason=images.decode_failure(error))
     except OSError as error:
         return images.FileCheck(reason=f"cannot read: {error}")
     except Exception as error:  # PIL's header parsers raise SyntaxError, ValueError, ...
-        return images.FileCheck(reason=f"cannot decode: {error}")
+        return images.FileCheck(reason=images.decode_failure(error))
 
 
 def _remote_header(path: str) -> images.FileCheck:

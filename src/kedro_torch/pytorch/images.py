@@ -244,12 +244,8 @@ def _checked(decoding: Callable[[], tuple[np.ndarray, str]], digest: str, channe
     point is to set the image aside and carry on."""
     try:
         pixels, mode = decoding()
-    except UnidentifiedImageError:
-        return FileCheck(reason="not an image: PIL cannot identify it", content_hash=digest)
-    except Image.DecompressionBombError as error:
-        return FileCheck(reason=f"too large to decode safely: {error}", content_hash=digest)
     except Exception as error:
-        return FileCheck(reason=f"cannot decode: {error}", content_hash=digest)
+        return FileCheck(reason=decode_failure(error), content_hash=digest)
     flat = pixels.reshape(channels, -1).astype(np.int64)
     return FileCheck(
         content_hash=digest,
@@ -258,6 +254,15 @@ def _checked(decoding: Callable[[], tuple[np.ndarray, str]], digest: str, channe
         pixel_sum=flat.sum(axis=1).astype(np.float64),
         pixel_sumsq=(flat * flat).sum(axis=1).astype(np.float64),
     )
+
+
+def decode_failure(error: Exception) -> str:
+    """Why PIL could not read an image, as the data-quality report says it."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image: PIL cannot identify it"
+    if isinstance(error, Image.DecompressionBombError):
+        return f"too large to decode safely: {error}"
+    return f"cannot decode: {error}"
 
 
 class ImageSource(Protocol):
