@@ -22,7 +22,7 @@ run: install
 	$(BIN)/kedro run --pipelines training
 
 test: install
-	$(BIN)/ruff check src tests benchmarks data/01_raw/write_digits.py
+	$(BIN)/ruff check src tests benchmarks data/01_raw/write_digits.py data/01_raw/write_penguins.py
 	$(BIN)/python -m pytest
 
 # Everything but the whole-pipeline runs (marker e2e): the loop while editing.
@@ -51,6 +51,7 @@ benchmark: install
 	$(BIN)/python benchmarks/parity.py
 	$(BIN)/python benchmarks/process_cost.py
 	$(BIN)/python benchmarks/data_throughput.py
+	$(BIN)/python benchmarks/tabular_baseline.py
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db .viz build site

@@ -262,7 +262,7 @@ def main() -> None:
         args.precision, args.channels_last, args.compile, args.batch_size, args.normalize_on)]
     loaders = {
         (batch, where): api.build_loaders(
-            prepared.model_input, prepared.normalization,
+            prepared.model_input, prepared.preprocessing,
             dataclasses.replace(data_config, batch_size=batch, normalize_on=where),
             seed=0, images=prepared.images, device=device.type)["train"]
         for batch, where in {setting.feed for setting in settings}

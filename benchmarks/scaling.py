@@ -39,7 +39,7 @@ class EpochTimer(engine.Callback):
 
 def images_per_second(prepared: api.PreparedData, data_config: DataConfig,
                       model_config: ModelConfig, training: TrainingConfig) -> float:
-    built = api.build_loaders(prepared.model_input, prepared.normalization, data_config,
+    built = api.build_loaders(prepared.model_input, prepared.preprocessing, data_config,
                               training.seed, images=prepared.images, device=training.device)
     model = api.build_model(model_config, len(prepared.label_map), data_config.channels,
                             training.seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 import os
 from pathlib import PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import fsspec
 import pandas as pd
@@ -117,6 +117,51 @@ class ImageTableDataset(AbstractDataset[None, ImageTable]):
 
     def _exists(self) -> bool:
         return self._filepath is not None and self._fs.isfile(self._path)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath}
+
+
+class OptionalTableDataset(AbstractDataset[None, pd.DataFrame]):
+    """A table of samples named at run time (``--params raw_table_path=...``), read by
+    kedro-datasets' pandas dataset for its extension (CSV, Parquet, Excel, JSON).
+
+    ``filepath: null`` makes an optional input that loads as ``None``, for runs that
+    read images. For another source (SQL, a database table), replace the catalog entry
+    with that dataset's own type: the pipeline takes any DataFrame.
+    """
+
+    READERS: ClassVar[dict[str, str]] = {
+        ".csv": "CSVDataset", ".parquet": "ParquetDataset", ".xlsx": "ExcelDataset",
+        ".xls": "ExcelDataset", ".json": "JSONDataset"}
+
+    def __init__(self, *, filepath: str | None, load_args: dict[str, Any] | None = None,
+                 credentials: dict[str, Any] | None = None,
+                 fs_args: dict[str, Any] | None = None,
+                 metadata: dict[str, Any] | None = None):
+        self._filepath = str(filepath) if filepath else None
+        self.metadata = metadata
+        self._dataset = None
+        if self._filepath is not None:
+            suffix = PurePosixPath(get_protocol_and_path(self._filepath)[1]).suffix.lower()
+            if suffix not in self.READERS:
+                raise DatasetError(
+                    f"raw_table: cannot tell how to read {self._filepath!r}; give a "
+                    f"{', '.join(self.READERS)} file, or set the catalog entry's type")
+            import kedro_datasets.pandas as readers  # noqa: PLC0415 (only when a table is read)
+
+            self._dataset = getattr(readers, self.READERS[suffix])(
+                filepath=self._filepath, load_args=load_args, credentials=credentials,
+                fs_args=fs_args)
+
+    def load(self) -> pd.DataFrame | None:
+        return None if self._dataset is None else self._dataset.load()
+
+    def save(self, data: pd.DataFrame) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only")
+
+    def _exists(self) -> bool:
+        return self._dataset is not None and self._dataset.exists()
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath}

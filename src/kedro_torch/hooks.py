@@ -45,9 +45,8 @@ class ParameterValidationHook:
         "raw_manifest": ("raw_manifest_path", "image table"),
         "pretrained_state_dict": ("model.pretrained_path", "state_dict file"),
         "inference_images": ("inference_images_path", "image folder"),
+        "raw_table": ("raw_table_path", "table"),
     }
-    # The entry each data.source reads its images from, judged before the run.
-    DATA_ENTRIES: ClassVar[dict[str, str]] = {"folder": "raw_images", "manifest": "raw_manifest"}
     REPORT = "data_quality_report"
 
     @hook_impl(tryfirst=True)
@@ -55,7 +54,7 @@ class ParameterValidationHook:
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
     ) -> None:
         """Imported here, not with the module: the checks import torch."""
-        from kedro_torch.pytorch import api, checks  # noqa: PLC0415
+        from kedro_torch.pytorch import api, checks, sources  # noqa: PLC0415
 
         inputs = pipeline.inputs()
         sections = {name.removeprefix("params:") for name in inputs} & set(checks.SECTIONS)
@@ -69,8 +68,8 @@ class ParameterValidationHook:
         # None, so that its path need not exist (the image folder of a manifest run).
         for entry in sorted(inputs & self.INPUT_PATHS.keys() - read):
             _replace(catalog, entry, MemoryDataset(data=None))
-        if "data" in configs and configs["data"].source == "torchvision":
-            api.image_source(configs["data"]).open()  # its root and splits, read once
+        if "data" in configs:
+            sources.get(configs["data"].source).open(configs["data"])
         if "training_checkpoints" in inputs and {"data", "model", "training"} <= configs.keys():
             api.refuse_unresumable(catalog.load("training_checkpoints"), configs["data"],
                                    configs["model"], configs["training"])
@@ -80,38 +79,36 @@ class ParameterValidationHook:
     @staticmethod
     def _read(configs: dict[str, Any]) -> set[str]:
         """The entries of INPUT_PATHS that this run's parameters have it read: the
-        image table or the image folder, as ``data.source`` says (neither for a
+        image table, the image folder or the table, as ``data.source`` says (none for a
         torchvision dataset, whose root ``data.torchvision`` names), and the pretrained
         file if one is named."""
+        from kedro_torch.pytorch import sources  # noqa: PLC0415
+
         data, model = configs.get("data"), configs.get("model")
         read = {"inference_images"}
-        if data is None or data.source == "folder":
-            read.add("raw_images")
-        elif data.source == "manifest":
-            read.add("raw_manifest")
+        entry = sources.get(data.source if data is not None else "folder").entry
+        if entry is not None:
+            read.add(entry)
         if model is not None and model.pretrained_path:
             read.add("pretrained_state_dict")
         return read
 
     def _judge_data(self, config: Any, pipeline: Pipeline, catalog: DataCatalog) -> None:
-        """The image folder or table this run reads, judged before MLflow opens a run:
-        everything found without decoding a file, all at once
+        """The image folder or table this run reads, judged by its source before MLflow
+        opens a run: everything found without decoding a file, all at once
         (:func:`~kedro_torch.pytorch.data.judge_folder` and ``judge_table``). What was
         loaded is handed on to the pipeline, which neither lists nor reads it again; a
         refusal's findings are saved as the run's data-quality report."""
-        from kedro_torch.pytorch import data  # noqa: PLC0415
+        from kedro_torch.pytorch import data, sources  # noqa: PLC0415
 
-        entry = self.DATA_ENTRIES.get(config.source)
-        if entry is None or entry not in pipeline.inputs():
+        source = sources.get(config.source)
+        if source.entry is None or source.entry not in pipeline.inputs():
             return
-        described = catalog[entry]._describe()
-        loaded = catalog.load(entry)
-        _replace(catalog, entry, _Loaded(loaded, described))
+        described = catalog[source.entry]._describe()
+        loaded = catalog.load(source.entry)
+        _replace(catalog, source.entry, _Loaded(loaded, described))
         try:
-            if entry == "raw_images":
-                data.judge_folder(loaded, config)
-            else:
-                data.judge_table(loaded, config, _shown(str(described.get("filepath"))))
+            source.judge(loaded, config, _shown(str(described.get("filepath"))))
         except data.DataError as refusal:
             written = self._save_report(refusal.report, pipeline, catalog)
             if written is None:

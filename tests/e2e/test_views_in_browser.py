@@ -128,8 +128,9 @@ def test_mlflow_ui_lists_the_run_and_shows_its_curves_and_confusion_matrix(
         screenshot(page, tmp_path, "mlflow_run.png", full_page=True)
 
         page.goto(f"{url}/{experiment}/runs/{run.info.run_id}/artifacts?{view}")
+        page.get_by_text("plots", exact=True).first.click(timeout=TIMEOUT_MS)  # the folder
         page.get_by_text("confusion_matrix.png").first.click(timeout=TIMEOUT_MS)
-        image = page.locator("img[alt='confusion_matrix.png']").first
+        image = page.locator("img[alt='plots/confusion_matrix.png']").first
         image.wait_for(timeout=TIMEOUT_MS)
         page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                arg=image.element_handle(), timeout=TIMEOUT_MS)

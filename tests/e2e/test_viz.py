@@ -9,14 +9,11 @@ from tests.e2e.conftest import kedro
 
 pytestmark = pytest.mark.e2e
 
+# evaluation_plots is a folder of PNGs, which kedro-viz's preview of a figure (one
+# image file) cannot show.
 EVALUATION_PREVIEWS = {
     "evaluation_report": "JSONPreview",
     "test_predictions": "TablePreview",
-    "confusion_matrix_plot": "ImagePreview",
-    "learning_curve_plot": "ImagePreview",
-    "reliability_diagram": "ImagePreview",
-    "per_class_metrics_plot": "ImagePreview",
-    "prediction_gallery": "ImagePreview",
 }
 
 

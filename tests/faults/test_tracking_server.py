@@ -43,7 +43,9 @@ def test_the_run_logs_parameters_metrics_and_artifacts_to_the_server(server_run)
     # Artifacts go through the server, into its own folder.
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {"evaluation_report.json", "confusion_matrix.png", "parameters.yml"} <= artifacts
+    assert {"evaluation_report.json", "plots", "per_class.json", "parameters.yml"} <= artifacts
+    assert "plots/confusion_matrix.png" in {
+        artifact.path for artifact in client.list_artifacts(run.info.run_id, "plots")}
 
 
 def test_the_model_is_registered_and_the_champion_predicts_from_the_server(

@@ -32,7 +32,7 @@ def test_missing_sections_give_the_documented_defaults():
     assert training.optimizer.kwargs == {"lr": 0.003, "weight_decay": 0.0001}
     assert training.optimizer.fallback == NamedSpec("AdamW", {})
     assert (training.scheduler.name, training.scheduler.kwargs) == ("CosineAnnealingLR", {})
-    assert training.loss.name == "CrossEntropyLoss"
+    assert training.loss.name is None  # the task's own
 
 
 def test_nested_sections_become_dataclasses():
@@ -196,12 +196,11 @@ def test_range_checks_name_the_key():
         parse(DataConfig, {"image_size": 0}, "data")
 
 
-def test_optimizer_and_loss_need_a_name_but_scheduler_may_be_null():
+def test_optimizer_needs_a_name_but_scheduler_and_loss_may_be_null():
     with pytest.raises(ParameterError, match=r"training\.optimizer\.name is required"):
         parse(TrainingConfig, {"optimizer": {"name": None}}, "training")
-    with pytest.raises(ParameterError, match=r"training\.loss\.name is required"):
-        parse(TrainingConfig, {"loss": {"name": ""}}, "training")
     assert parse(TrainingConfig, {"scheduler": {"name": None}}, "training").scheduler.name is None
+    assert parse(TrainingConfig, {"loss": {"name": None}}, "training").loss.name is None
 
 
 def test_section_without_name_key_keeps_the_default_name():
@@ -278,7 +277,10 @@ def test_data_transforms_become_named_specs():
          "data.transforms.train[0].name is required"),
         ({"transforms": {"train": ["RandomHorizontalFlip"]}},
          "data.transforms.train[0] must be a mapping"),
-        ({"source": "folders"}, "data.source must be one of 'folder', 'manifest'"),
+        ({"source": "folders"}, "data.source: unknown source 'folders'. Valid: folder, "),
+        ({"task": "detection"}, "data.task: unknown task 'detection'. Valid: "),
+        ({"source": "table"}, "data.task image_classification reads folder or manifest or "),
+        ({"task": "tabular_regression", "source": "table"}, "data.table.target is required"),
         ({"cache": "ram"}, "data.cache must be one of 'none', 'memory', 'disk'"),
         ({"sampler": "weighted"}, "data.sampler must be one of 'shuffle', 'balanced'"),
         ({"max_bad_fraction": 1.5}, "data.max_bad_fraction must lie in [0, 1]"),

@@ -186,7 +186,7 @@ def fit_digits(prepared, batch_size: int, optimizer: OptimizerConfig, accumulate
                **settings):
     """2 epochs of 3 optimizer steps."""
     config = DataConfig(num_workers=0, batch_size=batch_size)
-    built = api.build_loaders(prepared.model_input, prepared.normalization, config, seed=3,
+    built = api.build_loaders(prepared.model_input, prepared.preprocessing, config, seed=3,
                               images=prepared.images)
     run = TrainingConfig(epochs=2, seed=3, optimizer=optimizer, progress_bar=False,
                          max_batches_per_epoch=3 * accumulate,
@@ -353,7 +353,7 @@ def test_devices_2_starts_two_workers_whose_result_and_events_come_back(digits):
     """The ``training.devices`` launch: spawned workers, the memory cache shared with
     them, rank 0's callbacks relayed here, and what one process of 32 gives."""
     config = DataConfig(num_workers=0, batch_size=16)
-    built = api.build_loaders(digits.model_input, digits.normalization, config, seed=3,
+    built = api.build_loaders(digits.model_input, digits.preprocessing, config, seed=3,
                               images=digits.images)
     recorder = Recorder()
     optimizer = OPTIMIZERS["SGD"]

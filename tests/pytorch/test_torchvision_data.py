@@ -22,6 +22,7 @@ from kedro_torch.pytorch.config import (
     TorchvisionConfig,
     parse,
 )
+from kedro_torch.pytorch.tasks import image_classification
 from kedro_torch.pytorch.torchvision_data import TorchvisionSamples, dataset_classes
 from tests.torchvision_roots import write_mnist
 
@@ -130,7 +131,7 @@ def test_an_unknown_split_is_refused_with_the_classes_own_choices(tmp_path):
 
 def test_mnist_samples_become_manifest_rows_labelled_by_the_class_names(mnist_root):
     root, written = mnist_root
-    manifest = api.image_source(mnist_config(root)).manifest()
+    manifest = image_classification.image_source(mnist_config(root)).manifest()
     assert len(manifest) == 120 + 30
     first_test = manifest[manifest["own_split"] == "test"].iloc[0]
     assert first_test["path"] == "torchvision://MNIST/test/0"
@@ -142,7 +143,7 @@ def test_mnist_samples_become_manifest_rows_labelled_by_the_class_names(mnist_ro
 def test_the_dataset_s_own_test_split_is_the_test_split(mnist_root):
     root, written = mnist_root
     config = mnist_config(root)
-    prepared = api.prepare_data(api.image_source(config).manifest(), config)
+    prepared = api.prepare_data(image_classification.image_source(config).manifest(), config)
     frame = prepared.model_input
     assert (frame.loc[frame["split"] == "test", "own_split"] == "test").all()
     assert (frame["split"] == "test").sum() == 30
@@ -162,8 +163,8 @@ def test_the_dataset_s_own_test_split_is_the_test_split(mnist_root):
 def test_loaders_decode_samples_the_cache_does_not_hold(mnist_root):
     root, written = mnist_root
     config = mnist_config(root, cache="none", batch_size=8)
-    prepared = api.prepare_data(api.image_source(config).manifest(), config)
-    loaders = api.build_loaders(prepared.model_input, prepared.normalization, config, 0)
+    prepared = api.prepare_data(image_classification.image_source(config).manifest(), config)
+    loaders = api.build_loaders(prepared.model_input, prepared.preprocessing, config, 0)
     test = loaders["test"].dataset
     assert test.store is None
     index = test.paths.index("torchvision://MNIST/test/7")
@@ -176,7 +177,7 @@ def test_the_disk_cache_knows_unchanged_samples_and_sees_a_changed_root(mnist_ro
                                                                          caplog):
     root, _ = mnist_root
     config = mnist_config(root, cache="disk")
-    manifest = api.image_source(config).manifest()
+    manifest = image_classification.image_source(config).manifest()
     first = api.prepare_data(manifest, config, ImageStore.open(str(tmp_path / "cache")))
     first.on_disk.save()
     with caplog.at_level("INFO"):
@@ -185,10 +186,10 @@ def test_the_disk_cache_knows_unchanged_samples_and_sees_a_changed_root(mnist_ro
     pd.testing.assert_frame_equal(second.model_input, first.model_input)
     path = "torchvision://MNIST/test/0"
     known = second.on_disk.entries["fingerprint"]
-    assert api.image_source(config).fingerprint(path) in set(known)
+    assert image_classification.image_source(config).fingerprint(path) in set(known)
     labels = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     os.utime(labels, ns=(labels.stat().st_atime_ns, labels.stat().st_mtime_ns + 10**9))
-    assert api.image_source(config).fingerprint(path) not in set(known)
+    assert image_classification.image_source(config).fingerprint(path) not in set(known)
 
 
 def test_a_sample_reads_the_same_after_pickling_as_a_spawned_worker_gets_it():

@@ -146,7 +146,7 @@ def objective_for(prepared: api.PreparedData, **tuning_values) -> tuning.Objecti
     config = parse(TuningConfig, {"space": {LR: {"type": "float", "low": -1.0, "high": 1.0e6}}}
                    | tuning_values, "tuning")
     return tuning.Objective({"data": DATA, "model": {}, "training": TRAINING}, config,
-                            prepared.model_input, prepared.label_map, prepared.normalization,
+                            prepared.model_input, prepared.label_map, prepared.preprocessing,
                             prepared.images)
 
 
@@ -182,7 +182,7 @@ def test_a_trial_trains_as_the_training_api_does_with_its_values(prepared, one_t
     data_config = parse(DataConfig, DATA, "data")
     training = TrainingConfig(epochs=EPOCHS, progress_bar=False, optimizer=OptimizerConfig(
         kwargs={"lr": 0.01, "weight_decay": 0.0001}))
-    loaders = api.build_loaders(prepared.model_input, prepared.normalization, data_config,
+    loaders = api.build_loaders(prepared.model_input, prepared.preprocessing, data_config,
                                 training.seed, images=prepared.images)
     classes = len(prepared.label_map)
     model = api.build_model(ModelConfig(), classes, data_config.channels, training.seed)

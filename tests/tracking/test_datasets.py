@@ -7,12 +7,12 @@ import mlflow
 import pytest
 from kedro.io import DatasetError
 
-from kedro_torch.tracking.datasets import MlflowImageClassifierDataset
+from kedro_torch.tracking.datasets import MlflowServedModelDataset
 
 
 def test_mlflow_model_save_without_active_run_raises():
     assert mlflow.active_run() is None  # precondition: nothing left a run open
-    dataset = MlflowImageClassifierDataset(name="model")
+    dataset = MlflowServedModelDataset(name="model")
     with pytest.raises(DatasetError, match="no active MLflow run"):
         dataset.save({"state_dict": {}})
     assert mlflow.active_run() is None  # and it did not start one
@@ -20,4 +20,4 @@ def test_mlflow_model_save_without_active_run_raises():
 
 def test_mlflow_model_dataset_cannot_load():
     with pytest.raises(DatasetError, match="only logs"):
-        MlflowImageClassifierDataset().load()
+        MlflowServedModelDataset().load()

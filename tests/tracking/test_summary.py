@@ -16,7 +16,7 @@ def test_the_note_gives_the_result_first_then_data_model_and_training():
     parameters = {"model": {"name": "resnet18", "kwargs": {"dropout": 0.2}},
                   "training": {"epochs": 3, "optimizer": {"name": "SGD", "kwargs": {"lr": 0.1}}}}
     metrics = {"test_accuracy": 0.91234, "test_top3_accuracy": 0.99, "test_ece": 0.05,
-               "val_accuracy": 0.9, "test_per_class/f1_3": 0.5}
+               "val_accuracy": 0.9, "test_macro_f1": 0.5}
     note = run_note(parameters, metrics, QUALITY, "data/01_raw/digits")
     lines = note.splitlines()
     assert lines[0] == ("**Test accuracy 0.9123** (ece 0.0500, top3 accuracy 0.9900, "

@@ -42,7 +42,7 @@ def test_each_trial_is_a_child_run_with_its_values_metrics_and_state(
                 "optimizer": {"kwargs": {"lr": 0.003, "weight_decay": 0.0001}}}
     objective = tuning.Objective({"data": DATA, "model": {}, "training": training}, config,
                                  prepared.model_input, prepared.label_map,
-                                 prepared.normalization, prepared.images)
+                                 prepared.preprocessing, prepared.images)
     study = optuna.create_study(direction="maximize", pruner=tuning.build_pruner(config))
     for lr in (0.01, 0.0, -1.0):  # learns; learns nothing (pruned); refused by AdamW
         study.enqueue_trial({LR: lr, "data.batch_size": 8})
@@ -82,7 +82,7 @@ def test_without_an_active_run_trials_are_not_tracked(small_digits, tracking, on
     objective = tuning.Objective({"data": DATA, "model": {},
                                   "training": {"epochs": 1, "progress_bar": False}},
                                  config, prepared.model_input, prepared.label_map,
-                                 prepared.normalization, prepared.images)
+                                 prepared.preprocessing, prepared.images)
     study = optuna.create_study(direction="maximize")
     tuning.optimize(study, config, in_nested_runs(objective))
     assert study.trials[0].state == TrialState.COMPLETE

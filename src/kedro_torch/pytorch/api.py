@@ -7,12 +7,12 @@ nodes do nothing but call them. In the order the pipeline runs them::
 
     manifest = data.manifest_from_listing(data.list_folder("data/01_raw/digits"))
     prepared = prepare_data(manifest, data_config)
-    loaders = build_loaders(prepared.model_input, prepared.normalization, data_config,
+    loaders = build_loaders(prepared.model_input, prepared.preprocessing, data_config,
                             seed=training.seed, images=prepared.images)
     model = build_model(model_config, len(prepared.label_map), data_config.channels,
                         seed=training.seed)
     result = fit(model, loaders, training, num_classes=len(prepared.label_map))
-    spec = ModelSpec.from_configs(model_config, data_config, prepared.normalization)
+    spec = ModelSpec.from_configs(model_config, data_config, prepared.preprocessing)
     evaluation = evaluate(result.state_dict, spec, prepared.model_input, prepared.label_map)
 """
 
@@ -28,26 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kedro_torch.pytorch import (
-    cache,
-    data,
-    distributed,
-    engine,
-    images,
-    loaders,
-    metrics,
-    models,
-    optimizers,
-    plots,
-    torchvision_data,
-)
+from kedro_torch.pytorch import distributed, engine, models, optimizers, plots, tasks
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.checkpoints import CheckpointStore, differences, load_weights
 from kedro_torch.pytorch.config import (
@@ -57,9 +43,9 @@ from kedro_torch.pytorch.config import (
     TrainingConfig,
     flatten,
 )
-from kedro_torch.pytorch.inference import ModelSpec
 from kedro_torch.pytorch.interrupts import TrainingInterrupted
 from kedro_torch.pytorch.progress import RichProgressBar
+from kedro_torch.pytorch.tasks.base import Evaluation, PreparedData, Spec, Task
 
 logger = logging.getLogger(__name__)
 
@@ -67,132 +53,51 @@ logger = logging.getLogger(__name__)
 # --- data ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PreparedData:
-    """What checking and splitting the images produced."""
-
-    model_input: pd.DataFrame  # the readable images, with ``target`` and ``split``
-    label_map: dict[str, int]  # class name -> output index
-    normalization: dict  # mean, std and where they came from
-    report: dict  # the data-quality report
-    images: ImageStore  # decoded images for the loaders (none kept with cache: none)
-    on_disk: ImageStore | None  # the disk cache to save: updated under cache: disk
-
-
-def prepare_data(
-    manifest: pd.DataFrame, config: DataConfig, on_disk: ImageStore | None = None
-) -> PreparedData:
-    """Check every image once, set unreadable ones aside, encode labels and split.
+def prepare_data(raw: pd.DataFrame, config: DataConfig,
+                 on_disk: ImageStore | None = None) -> PreparedData:
+    """Check the raw data once (a manifest of images, or a table), set unusable samples
+    aside, encode the targets, split, and fit the preprocessing on the training split.
 
     ``on_disk`` is the store of ``data.cache: disk`` (``ImageStore.open(folder)``).
-    Under torchrun, local rank 0 of each machine does it and the machine's other ranks
-    receive its result.
+    Under torchrun, local rank 0 of each machine checks images, and the machine's
+    other ranks receive its result.
     """
-    return distributed.once_per_machine(lambda: _prepare_data(manifest, config, on_disk))
-
-
-def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
-                  on_disk: ImageStore | None) -> PreparedData:
-    shape = (config.channels, config.decode_size, config.decode_size)
-    plan = cache.plan(config.cache, shape, len(manifest), on_disk)
-    source = image_source(config)
-    checks, store = data.check_images(
-        manifest["path"].tolist(), plan.store, keep_pixels=plan.keep_pixels,
-        use_fingerprints=plan.use_fingerprints, num_workers=_workers(config), source=source,
-    )
-    checked = pd.concat([manifest, checks.drop(columns=["fingerprint", "chunk", "row"])], axis=1)
-    usable, bad = data.set_aside_bad_files(checked, config.max_bad_fraction)
-    unusable = sorted(set(manifest["label"]) - set(usable["label"]))
-    if unusable:
-        raise data.DataError(
-            f"classes without any readable image: {', '.join(map(repr, unusable))}")
-    model_input, label_map, missed, rule = data.split_manifest(usable, config.split)
-    if config.normalize.computed:
-        train = usable[model_input["split"] == "train"]
-        normalization = data.normalization_from_sums(
-            train["pixel_sum"], train["pixel_sumsq"], config.decode_size**2
-        ) | {"source": "training split"}
-    else:
-        normalization = {"mean": config.normalize.mean, "std": config.normalize.std,
-                         "source": "parameters"}
-    origin = source.describe() if config.source == "torchvision" else {"type": config.source}
-    report = data.quality_report(checked, bad, model_input, missed, config.max_bad_fraction,
-                                 source=origin, split_rule=rule)
-    return PreparedData(model_input, label_map, normalization, report, store,
-                        cache.to_save(config.cache, store, on_disk))
-
-
-def image_source(config: DataConfig) -> images.ImageSource:
-    """What reads the manifest's paths (``data.source``): image files, or the samples
-    of the torchvision dataset ``data.torchvision`` names."""
-    if config.source == "torchvision":
-        return torchvision_data.TorchvisionSamples(config.torchvision)
-    return images.FILES
+    return tasks.create(config.task).prepare_data(raw, config, on_disk)
 
 
 def build_loaders(
     model_input: pd.DataFrame,
-    normalization: Mapping[str, Sequence[float]],
+    preprocessing: Mapping[str, Any],
     config: DataConfig,
     seed: int,
     *,
     images: ImageStore | None = None,
     device: str = "auto",
 ) -> dict[str, DataLoader]:
-    """One DataLoader per split, reading decoded images from ``images`` where it has them."""
-    transforms = {
-        stage: loaders.image_transform(
-            loaders.build_transforms(config.transforms.steps(stage),
-                                     f"data.transforms.{stage}"),
-            config.image_size, config.decode_size,
-        )
-        for stage in ("train", "eval")
-    }
-    mixing = loaders.batch_transform(loaders.build_transforms(
-        config.transforms.steps("train_batch"), "data.transforms.train_batch",
-        num_classes=int(model_input["target"].max()) + 1,
-    ))
-    source = image_source(config)
-    datasets = {
-        split: _dataset(rows, config.channels, config.decode_size, normalization, images,
-                        transforms["train" if split == "train" else "eval"],
-                        mixing if split == "train" else None, source, config.normalize_on)
-        for split, rows in model_input.groupby("split", sort=False)
-    }
+    """One loader per split of ``model_input``, as the task feeds its samples; image
+    loaders read decoded images from ``images`` where it has them."""
     pin_memory = engine.resolve_device(device).type == "cuda"
-    return loaders.build_dataloaders(datasets, config, seed, pin_memory)
-
-
-def _dataset(rows: pd.DataFrame, channels: int, load_size: int,
-             normalization: Mapping[str, Sequence[float]], store: ImageStore | None,
-             transform, batch_transform=None, source: images.ImageSource = images.FILES,
-             normalize_on: str = "loader") -> loaders.ImageManifestDataset:
-    return loaders.ImageManifestDataset(
-        rows["path"].tolist(), rows["target"].tolist(), channels=channels, load_size=load_size,
-        mean=normalization["mean"], std=normalization["std"],
-        content_hashes=rows["content_hash"].tolist(), store=store,
-        transform=transform, batch_transform=batch_transform, source=source,
-        normalize_on=normalize_on,
-    )
-
-
-def _workers(config: DataConfig) -> int:
-    return loaders.default_num_workers() if config.num_workers is None else config.num_workers
+    return tasks.create(config.task, preprocessing).build_loaders(
+        model_input, preprocessing, config, seed, images, pin_memory)
 
 
 # --- model and training --------------------------------------------------------------
 
 
 def build_model(
-    config: ModelConfig, num_classes: int, channels: int, seed: int,
+    config: ModelConfig, data_config: DataConfig, label_map: Mapping[str, int],
+    preprocessing: Mapping[str, Any], seed: int,
     pretrained: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
-    """A fresh model by name, seeded, with pretrained tensors loaded where they fit
+    """A fresh model by name or import path, seeded, shaped for the task's data (its
+    classes, channels or table columns), with pretrained tensors loaded where they fit
     (``pretrained``, or torchvision's ``model.weights``)."""
     if config.weights:
         pretrained = models.torchvision_weights(config.name, config.weights)
+    arguments = tasks.create(data_config.task, preprocessing).model_arguments(
+        data_config, label_map, preprocessing)
     engine.seed_everything(seed)
-    model = models.build_model(config.name, num_classes, channels, **config.kwargs)
+    model = models.build(config.name, arguments, config.kwargs)
     if pretrained is not None:
         models.load_pretrained(model, pretrained, strict=config.pretrained_strict)
     return model
@@ -314,6 +219,7 @@ def fit(
     checkpoints: CheckpointStore | None = None,
     callbacks: Sequence[engine.Callback] = (),
     checkpoint_tags: Mapping[str, str] | None = None,
+    task: Task | None = None,
 ) -> FitResult:
     """Train on ``dataloaders["train"]``, validating on ``"val"`` if there is one.
 
@@ -322,6 +228,8 @@ def fit(
     :func:`checkpoints_for`). SIGTERM or SIGINT stop it at the next step boundary
     with a checkpoint, raising :class:`~kedro_torch.pytorch.interrupts.TrainingInterrupted`.
     ``checkpoint_tags`` travel in every checkpoint, back to the callbacks of a resume.
+    ``task`` (:func:`kedro_torch.pytorch.tasks.create`) gives the step and the epoch
+    metrics; image classification's by default.
     Another process training into the same folder at the same time is refused.
 
     Data-parallel as ``training.strategy`` and ``training.devices`` say: under torchrun
@@ -336,7 +244,8 @@ def fit(
     if resolved.note:
         logger.warning("%s", resolved.note)
     options = {"num_classes": num_classes, "model_config": model_config,
-               "checkpoints": checkpoints, "checkpoint_tags": checkpoint_tags}
+               "checkpoints": checkpoints, "checkpoint_tags": checkpoint_tags,
+               "task": task or tasks.create("image_classification")}
     if resolved.spawn:
         return _fit_in_workers(resolved, model, dataloaders, config, callbacks, options)
     with distributed.process_group(config, resolved):
@@ -355,6 +264,7 @@ def _fit_here(
     checkpoints: CheckpointStore | None,
     callbacks: Sequence[engine.Callback],
     checkpoint_tags: Mapping[str, str] | None,
+    task: Task,
 ) -> FitResult:
     engine.seed_everything(config.seed)
     train_loader, val_loader = dataloaders["train"], dataloaders.get("val")
@@ -366,7 +276,8 @@ def _fit_here(
         monitor_mode=config.mode,
     )
     loss_fn = optimizers.build_loss(
-        config.loss, getattr(train_loader.dataset, "targets", None), num_classes
+        config.loss, getattr(train_loader.dataset, "targets", None), num_classes,
+        default=task.default_loss,
     )
     callbacks = list(callbacks)
     if config.progress_bar and distributed.is_main_process():
@@ -376,7 +287,7 @@ def _fit_here(
             model, models.head_parameter_names(model), model_config.unfreeze_at_epoch
         ))
     trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,
-                             callbacks, checkpoints, checkpoint_tags)
+                             callbacks, checkpoints, checkpoint_tags, task)
     logger.info("Training %s on %s for %d epochs%s", type(model).__name__, device,
                 config.epochs, _in_processes(trainer.plan, train_loader.batch_size))
     if checkpoints is not None:
@@ -479,18 +390,9 @@ class _SendEvents(engine.Callback):
 # --- evaluation ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    report: dict  # accuracy, top-k, per-class scores, confusion matrices, calibration
-    metrics: dict[str, float]  # the report's numbers under the names runs are compared by
-    predictions: pd.DataFrame  # one row per image: path, true, predicted, probability, entropy
-    # confusion_matrix, reliability, per_class, gallery; learning_curve given a history
-    figures: dict[str, Figure]
-
-
 def evaluate(
     state_dict: Mapping[str, torch.Tensor],
-    spec: ModelSpec,
+    spec: Spec,
     model_input: pd.DataFrame,
     label_map: Mapping[str, int],
     config: EvaluationConfig | None = None,
@@ -501,8 +403,8 @@ def evaluate(
     device: str = "auto",
     split: str = "test",
 ) -> Evaluation:
-    """How good saved weights are on a split, how well the model knows when it is
-    wrong, and where it fails.
+    """How good saved weights are on a split, and where they fail, as the spec's task
+    measures it.
 
     The model and its preprocessing are rebuilt from ``state_dict`` and ``spec``
     alone, as inference and the MLflow model rebuild them. ``data_config`` gives the
@@ -510,69 +412,18 @@ def evaluate(
     read instead of the files, used where it holds images of the spec's shape; and
     ``data_config.source`` what reads the others.
     """
-    config = config or EvaluationConfig()
-    data_config = data_config or DataConfig()
-    class_names = sorted(label_map, key=label_map.get)
-    if images is not None and images.image_shape != (spec.channels, spec.decode_size,
-                                                     spec.decode_size):
-        images = None
-    dataset = _dataset(model_input[model_input["split"] == split], spec.channels,
-                       spec.decode_size, {"mean": spec.mean, "std": spec.std}, images,
-                       spec.eval_transform(), source=image_source(data_config))
-    loader = loaders.build_dataloaders({split: dataset}, data_config, 0, shard=False)[split]
-    device = engine.resolve_device(device)
-    model = spec.build_model(state_dict, len(class_names)).to(device)
-    logits, targets = engine.predict(model, loader, device)
-    probabilities = logits.softmax(dim=1)
-    confidence, predictions = probabilities.max(dim=1)
-    entropy = metrics.predictive_entropy(probabilities)
-    report = metrics.classification_report(targets, predictions, class_names)
-    report["top_k"] = config.top_k
-    report["top_k_accuracy"] = metrics.top_k_accuracy(logits, targets, config.top_k)
-    report["calibration"] = metrics.calibration(probabilities, targets, config.calibration_bins)
-    report["mean_entropy"] = entropy.mean().item()
-    logger.info("Test accuracy: %.4f, top-%d: %.4f, ECE: %.4f", report["accuracy"],
-                config.top_k, report["top_k_accuracy"], report["calibration"]["ece"])
-    names = np.asarray(class_names, dtype=object)
-    table = pd.DataFrame({
-        "path": dataset.paths, "true": names[targets.numpy()],
-        "predicted": names[predictions.numpy()], "probability": confidence.numpy(),
-        "entropy": entropy.numpy(),
-    })
-    picked = metrics.gallery_indices(probabilities, targets, entropy, config.gallery_size)
-    figures = _figures(report, class_names, {
-        title: [(dataset.raw_image(i), table.iloc[i]) for i in picked[key]]
-        for key, title in (("confidently_wrong", "Most confidently wrong"),
-                           ("most_uncertain", "Most uncertain (highest entropy)"))
-    })
+    task = tasks.create(spec.task, getattr(spec, "preprocessing", None))
+    evaluation = task.evaluate(state_dict, spec, model_input, label_map,
+                               config or EvaluationConfig(), data_config or DataConfig(),
+                               images, engine.resolve_device(device), split)
     if history is not None:
-        figures["learning_curve"] = plots.learning_curve_figure(list(history))
-    return Evaluation(report, metrics.flat_test_metrics(report), table, figures)
+        evaluation.figures["learning_curve"] = plots.learning_curve_figure(list(history))
+    return evaluation
 
 
-def split_batch(model_input: pd.DataFrame, spec: ModelSpec, data_config: DataConfig,
-                split: str = "test") -> torch.Tensor:
-    """A split's images as the model's input batch, read as training read them (files,
-    or a torchvision dataset's samples) and prepared as ``spec`` says."""
-    paths = model_input.loc[model_input["split"] == split, "path"].tolist()
-    return spec.load_batch(paths, image_source(data_config))
-
-
-def _figures(report: dict, class_names: list[str],
-             gallery: Mapping[str, list[tuple[torch.Tensor, pd.Series]]]) -> dict[str, Figure]:
-    """The report's figures, and a gallery of the picked images with their table rows."""
-    captioned = {
-        title: [(image.permute(1, 2, 0).squeeze(-1).numpy(),
-                 f"true {row.true}, pred {row.predicted}\n"
-                 f"p = {row.probability:.2f}, H = {row.entropy:.2f}")
-                for image, row in picked]
-        for title, picked in gallery.items()
-    }
-    return {
-        "confusion_matrix": plots.confusion_matrix_figure(
-            report["confusion_matrix"], report["confusion_matrix_normalized"], class_names),
-        "reliability": plots.reliability_figure(report["calibration"]["bins"],
-                                                report["calibration"]["ece"]),
-        "per_class": plots.per_class_figure(report["per_class"]),
-        "gallery": plots.gallery_figure(captioned),
-    }
+def split_batch(model_input: pd.DataFrame, spec: Spec,
+                data_config: DataConfig, split: str = "test") -> torch.Tensor:
+    """A split's samples as the model's input batch, read as training read them and
+    prepared as ``spec`` says (for export checks)."""
+    task = tasks.create(spec.task, getattr(spec, "preprocessing", None))
+    return task.input_batch(model_input, spec, data_config, split)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kedro_torch.pytorch import distributed, engine, loaders, models, torchvision_data
+from kedro_torch.pytorch import distributed, engine, loaders, models, sources, tasks
 from kedro_torch.pytorch import optimizers as optimization
 from kedro_torch.pytorch.config import (
     DataConfig,
@@ -59,8 +59,7 @@ def _validated(parameters: dict[str, Any], sections: set[str]) -> dict[str, Any]
     if "data" in configs:
         for stage in ("train", "eval", "train_batch"):
             _check_transforms(configs["data"].transforms.steps(stage), f"data.transforms.{stage}")
-        if configs["data"].source == "torchvision":
-            torchvision_data.TorchvisionSamples(configs["data"].torchvision)
+        sources.get(configs["data"].source).samples(configs["data"])  # its names checked
     skeleton = None
     if "model" in configs:
         models.check_model_name(configs["model"].name)
@@ -95,14 +94,16 @@ def _check_transforms(specs: list[tuple[str, dict[str, Any]]], key: str) -> None
 
 
 def _skeleton(model: ModelConfig, data: DataConfig | None) -> nn.Module | None:
-    """The model built with ``model.kwargs`` on the meta device: no memory, no weights,
-    no draw on the run's random state. None for a model whose construction computes
-    with real tensors (torchvision's RegNets), which its build checks instead."""
-    channels = data.channels if data is not None else 3
+    """The model built with ``model.kwargs`` on the meta device, for data shaped like
+    the run's (the task's stand-in): no memory, no weights, no draw on the run's
+    random state. None for a model whose construction computes with real tensors
+    (torchvision's RegNets), which its build checks instead."""
+    data = data or DataConfig(channels=3)
+    given = tasks.create(data.task).probe_arguments(data)
 
     def build(kwargs: dict[str, Any]) -> nn.Module:
         with torch.device("meta"):
-            return models.build_model(model.name, PROBE_CLASSES, channels, **kwargs)
+            return models.build(model.name, given, kwargs)
 
     try:
         return build(model.kwargs)

@@ -107,8 +107,22 @@ class TransformsConfig:
 
 
 @dataclass(frozen=True)
+class TableConfig:
+    """The columns of a table (``data.source: table``); names are checked against the
+    table by :mod:`kedro_torch.pytorch.tables` once it is read."""
+
+    target: str | None = None
+    numeric: list[str] | None = None  # null: inferred from the dtypes
+    categorical: list[str] | None = None  # null: inferred from the dtypes
+    drop: list[str] = field(default_factory=list)
+    max_categories: int = 50
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    source: Literal["folder", "manifest", "torchvision"] = "folder"
+    task: str = "image_classification"  # a name of kedro_torch.pytorch.tasks' registry
+    source: str = "folder"  # a name of kedro_torch.pytorch.sources' registry
+    table: TableConfig = field(default_factory=TableConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)
     image_size: int = 16
@@ -137,6 +151,18 @@ class DataConfig:
                 _positive(getattr(self, optional), f"{key}.{optional}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ParameterError(f"{key}.num_workers must be 0 or more, got {self.num_workers}")
+        from kedro_torch.pytorch import sources  # noqa: PLC0415 (they import this module)
+
+        sources.get(self.source, f"{key}.source")
+        task = _tasks().get(self.task, f"{key}.task")
+        if self.source not in task.sources:
+            raise ParameterError(
+                f"{key}.task {self.task} reads {' or '.join(task.sources)}, not {key}.source "
+                f"{self.source!r}")
+        if self.source == "table" and not self.table.target:
+            raise ParameterError(f"{key}.table.target is required for {key}.task {self.task}: "
+                                 "the column to predict")
+        _positive(self.table.max_categories, f"{key}.table.max_categories")
         if self.source == "torchvision" and not self.torchvision.name:
             raise ParameterError(f"{key}.torchvision.name is required when {key}.source is "
                                  "torchvision: a torchvision.datasets class, e.g. CIFAR10")
@@ -227,7 +253,7 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str | None = "CrossEntropyLoss"
+    name: str | None = None  # null: the task's own (cross-entropy, or MSE for regression)
     kwargs: dict[str, Any] = field(default_factory=dict)
     class_weights: Literal["balanced"] | None = None
 
@@ -239,9 +265,22 @@ class EarlyStoppingConfig:
 
 
 PRECISIONS = ("32", "bf16", "16")
-# The metrics every epoch's row holds, which early stopping, keep_best and
-# ReduceLROnPlateau can watch.
-MONITORS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def _tasks() -> types.ModuleType:
+    """The task registry, which knows the tasks' names and metrics; imported when first
+    needed, as the tasks import this module."""
+    from kedro_torch.pytorch import tasks  # noqa: PLC0415
+
+    return tasks
+
+
+def _check_metric(name: str, key: str) -> None:
+    """A metric of the epoch rows, which early stopping, keep_best, ReduceLROnPlateau
+    and tuning can watch; the tasks know which their rows hold."""
+    if name not in _tasks().monitors():
+        raise ParameterError(f"{key} must be one of {', '.join(_tasks().monitors())}, "
+                             f"got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -285,9 +324,8 @@ class TrainingConfig:
         _positive(self.dist_timeout, f"{key}.dist_timeout")
         if self.devices != "auto":
             _positive(self.devices, f"{key}.devices")
-        for spec in ("optimizer", "loss"):
-            if not getattr(self, spec).name:
-                raise ParameterError(f"{key}.{spec}.name is required")
+        if not self.optimizer.name:
+            raise ParameterError(f"{key}.optimizer.name is required")
         if str(self.precision) not in PRECISIONS:
             raise ParameterError(
                 f"{key}.precision must be one of 32, bf16, 16, got {self.precision!r}"
@@ -299,16 +337,12 @@ class TrainingConfig:
             raise ParameterError(f"{key}.ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.early_stopping.patience is not None:
             _positive(self.early_stopping.patience, f"{key}.early_stopping.patience")
-        if self.monitor not in MONITORS:
-            raise ParameterError(f"{key}.monitor must be one of {', '.join(MONITORS)}, "
-                                 f"got {self.monitor!r}")
+        _check_metric(self.monitor, f"{key}.monitor")
 
     @property
     def mode(self) -> Literal["min", "max"]:
         """``monitor_mode``, with ``auto`` read off the metric's name."""
-        if self.monitor_mode != "auto":
-            return self.monitor_mode
-        return "min" if "loss" in self.monitor else "max"
+        return _tasks().mode(self.monitor) if self.monitor_mode == "auto" else self.monitor_mode
 
     @property
     def restores_best(self) -> bool:
@@ -542,9 +576,7 @@ class TuningConfig:
         if self.n_trials is None and self.timeout is None:
             raise ParameterError(f"{key}.n_trials and {key}.timeout are both null: the study "
                                  "would never end; set one")
-        if self.metric not in MONITORS:
-            raise ParameterError(f"{key}.metric must be one of {', '.join(MONITORS)}, "
-                                 f"got {self.metric!r}")
+        _check_metric(self.metric, f"{key}.metric")
         if not self.sampler.name:
             raise ParameterError(f"{key}.sampler.name is required")
         if not self.study_name.strip():
@@ -558,5 +590,5 @@ class TuningConfig:
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
-        """Losses go down, accuracies up."""
-        return "minimize" if "loss" in self.metric else "maximize"
+        """Losses and errors go down, accuracies up."""
+        return "minimize" if _tasks().mode(self.metric) == "min" else "maximize"

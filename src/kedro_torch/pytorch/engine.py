@@ -28,10 +28,11 @@ from torch.utils.data import DataLoader
 
 from kedro_torch.pytorch import distributed
 from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
-from kedro_torch.pytorch.config import MONITORS, TrainingConfig
+from kedro_torch.pytorch.config import TrainingConfig
 from kedro_torch.pytorch.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
 from kedro_torch.pytorch.loaders import batches_on
 from kedro_torch.pytorch.optimizers import ScheduledLR
+from kedro_torch.pytorch.tasks.base import Classification, Task
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,6 @@ class Callback:
         (``Trainer(checkpoint_tags=...)`` of the run that wrote it)."""
 
 
-@dataclass(frozen=True)
-class EpochResult:
-    loss: float
-    accuracy: float
-
-
 @dataclass
 class TrainState:
     """What changes from epoch to epoch and goes into a checkpoint."""
@@ -79,9 +74,7 @@ class EpochProgress:
     lr: float  # at the epoch's start, as the history records it
     rng: dict[str, Any]  # random states at the epoch's start, which fix its order
     batches: int = 0
-    loss_sum: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
-    seen: int = 0
+    sums: dict[str, torch.Tensor] | None = None  # the task's metric sums, of every rank
 
 
 def seed_everything(seed: int) -> None:
@@ -164,53 +157,44 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def hard_labels(targets: torch.Tensor) -> torch.Tensor:
-    """Class indices, also from the soft (batch, classes) targets of MixUp and CutMix:
-    their accuracy counts the class with the largest share."""
-    return targets.argmax(dim=1) if targets.ndim == 2 else targets
-
-
 @torch.inference_mode()
 def predict(
     model: nn.Module, loader: Iterable, device: torch.device, max_batches: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and targets of a whole loader (or its first ``max_batches``), on the CPU."""
+    """Outputs and targets of a whole loader (or its first ``max_batches``), on the CPU."""
     model.eval()
-    all_logits, all_targets = [], []
-    for index, (images, targets) in enumerate(batches_on(loader, device)):
+    all_outputs, all_targets = [], []
+    for index, (inputs, targets) in enumerate(batches_on(loader, device)):
         if max_batches is not None and index >= max_batches:
             break
-        all_logits.append(model(images).float().cpu())
+        all_outputs.append(model(inputs).float().cpu())
         all_targets.append(targets.cpu())
-    return torch.cat(all_logits), torch.cat(all_targets)
+    return torch.cat(all_outputs), torch.cat(all_targets)
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
-    max_batches: int | None = None,
-) -> EpochResult:
-    """Mean loss and accuracy over a loader (or its first ``max_batches``)."""
+    max_batches: int | None = None, task: Task | None = None,
+) -> dict[str, float]:
+    """The task's epoch metrics (``loss`` and the task's own) over a loader, or its first
+    ``max_batches``."""
+    task = task or Classification()
     model.eval()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
-    for index, (images, targets) in enumerate(batches_on(loader, device)):
+    sums = task.metric_sums(device)
+    for index, (inputs, targets) in enumerate(batches_on(loader, device)):
         if max_batches is not None and index >= max_batches:
             break
-        logits = model(images)
-        total_loss += loss_fn(logits, targets) * len(targets)
-        correct += (logits.argmax(dim=1) == targets).sum()
-        seen += len(targets)
-    return _epoch_result(total_loss, correct, seen, device)
+        outputs, loss = task.step(model, inputs, targets, loss_fn)
+        task.accumulate(sums, outputs, targets, loss)
+    return _epoch_metrics(task, sums)
 
 
-def _epoch_result(total_loss: torch.Tensor, correct: torch.Tensor, seen: int,
-                  device: torch.device) -> EpochResult:
-    """Means over every rank's samples: the sums are added up across ranks first."""
-    total_loss, correct, count = distributed.sum_across_ranks(
-        total_loss, correct, torch.tensor(seen, device=device))
-    return EpochResult(total_loss.item() / count.item(), correct.item() / count.item())
+def _epoch_metrics(task: Task, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Means over every rank's samples: the sums are added up across ranks first, and
+    read from the device once."""
+    totals = distributed.sum_across_ranks(*sums.values())
+    return task.summarize({name: total.item() for name, total in zip(sums, totals, strict=True)})
 
 
 class FreezeBackbone(Callback):
@@ -245,8 +229,10 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         checkpoints: CheckpointStore | None = None,
         checkpoint_tags: Mapping[str, str] | None = None,
+        task: Task | None = None,
     ):
         check_loop(settings, device, [type(o) for o in optimizers])
+        self.task = task or Classification()
         precision = str(settings.precision)
         self.plan = distributed.plan(settings, device)
         self.model = model.to(device)
@@ -338,13 +324,11 @@ class Trainer:
                                      capture_rng_state(generators))
         lr = progress.lr
         train = self.train_one_epoch(train_loader, epoch, progress, generators)
-        row: dict[str, float] = {
-            "epoch": epoch, "train_loss": train.loss, "train_accuracy": train.accuracy
-        }
+        row: dict[str, float] = {"epoch": epoch} | {f"train_{k}": v for k, v in train.items()}
         if val_loader is not None:
             val = evaluate(self.eval_model, val_loader, self.loss_fn, self.device,
-                           self.settings.max_batches_per_epoch)
-            row |= {"val_loss": val.loss, "val_accuracy": val.accuracy}
+                           self.settings.max_batches_per_epoch, self.task)
+            row |= {f"val_{k}": v for k, v in val.items()}
         row["lr"] = lr
         for scheduled in self.schedulers:
             if scheduled.on_metric:
@@ -356,7 +340,7 @@ class Trainer:
     def train_one_epoch(
         self, loader: DataLoader, epoch: int, progress: EpochProgress | None = None,
         generators: Sequence[torch.Generator] = (),
-    ) -> EpochResult:
+    ) -> dict[str, float]:
         """One pass over ``loader``; from ``progress.batches`` on when resuming an
         interrupted epoch, whose order the generators' saved states replay."""
         self.train_model.train()
@@ -364,47 +348,41 @@ class Trainer:
         if resumed:
             for generator, state in zip(generators, progress.rng["generators"], strict=True):
                 generator.set_state(state)
-        total_loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        sums = self.task.metric_sums(self.device)
         batches = self._batches(loader)
         accumulate = self.settings.accumulate_grad_batches
-        for index, (images, targets) in enumerate(batches_on(loader, self.device)):
+        for index, (inputs, targets) in enumerate(batches_on(loader, self.device)):
             if index >= batches:
                 break
             if resumed and index < progress.batches:
                 if index + 1 == progress.batches:  # replayed up to the interruption
                     restore_rng_state(self._resumed_rng, list(generators))
                     if distributed.is_main_process():  # the sums of every rank
-                        total_loss += progress.loss_sum.to(self.device)
-                        correct += progress.correct.to(self.device)
-                        seen = progress.seen
+                        for name, total in progress.sums.items():
+                            sums[name] += total.to(self.device)
                 continue
             if self.settings.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             step_now = (index + 1) % accumulate == 0 or index + 1 == batches
-            logits, loss = self._train_step(images, targets, step_now, accumulate)
+            outputs, loss = self._train_step(inputs, targets, step_now, accumulate)
             if self.settings.nan_guard and not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss.item()} at epoch {epoch}, batch {index + 1}: training "
                     "diverged. Lower the learning rate, clip gradients "
                     "(training.clip_grad_norm) or check the inputs of that batch."
                 )
-            total_loss += loss.detach() * len(targets)
-            correct += (logits.argmax(dim=1) == hard_labels(targets)).sum()
-            seen += len(targets)
+            self.task.accumulate(sums, outputs, targets, loss)
             for callback in self.callbacks:
                 callback.on_batch_end()
             if step_now and index + 1 < batches and self._stop_signal() is not None:
-                loss_sum, correct_sum, seen_sum = distributed.sum_across_ranks(
-                    total_loss, correct, torch.tensor(seen, device=self.device))
-                reached = EpochProgress(progress.lr, progress.rng, index + 1,
-                                        loss_sum.to(total_loss.dtype).cpu(),
-                                        correct_sum.to(correct.dtype).cpu(), int(seen_sum))
+                totals = distributed.sum_across_ranks(*sums.values())
+                reached = EpochProgress(progress.lr, progress.rng, index + 1, {
+                    name: total.to(sums[name].dtype).cpu()
+                    for name, total in zip(sums, totals, strict=True)})
                 saved = self._save(self.checkpoint(list(generators))
                                    | {"epoch_progress": vars(reached)})
                 self._interrupt(epoch, index + 1, saved)
-        return _epoch_result(total_loss, correct, seen, self.device)
+        return _epoch_metrics(self.task, sums)
 
     def _stop_signal(self) -> int | None:
         """The signal that asks training to stop, agreed by every rank."""
@@ -421,14 +399,13 @@ class Trainer:
         raise TrainingInterrupted(self._stop.signum, epoch, batch, checkpoint)
 
     def _train_step(
-        self, images: torch.Tensor, targets: torch.Tensor, step_now: bool, accumulate: int
+        self, inputs: torch.Tensor, targets: torch.Tensor, step_now: bool, accumulate: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lbfgs:
-            return self._lbfgs_step(images, targets)
+            return self._lbfgs_step(inputs, targets)
         with self._no_sync(step_now):  # gradients are averaged across ranks when stepping
             with self._autocast():
-                logits = self.train_model(images)
-                loss = self.loss_fn(logits, targets)
+                outputs, loss = self.task.step(self.train_model, inputs, targets, self.loss_fn)
             self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
         if step_now:
             self._clip_gradients()
@@ -438,10 +415,10 @@ class Trainer:
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
             self._after_optimizer_step()
-        return logits, loss
+        return outputs, loss
 
     def _lbfgs_step(
-        self, images: torch.Tensor, targets: torch.Tensor
+        self, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LBFGS evaluates the loss several times per step, through a closure."""
         last: dict[str, torch.Tensor] = {}
@@ -450,8 +427,8 @@ class Trainer:
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                last["logits"] = self.train_model(images)
-                last["loss"] = self.loss_fn(last["logits"], targets)
+                last["outputs"], last["loss"] = self.task.step(self.train_model, inputs, targets,
+                                                               self.loss_fn)
             last["loss"].backward()
             self._clip_gradients()
             return last["loss"]
@@ -459,7 +436,7 @@ class Trainer:
         for optimizer in self.optimizers:
             optimizer.step(closure)
         self._after_optimizer_step()
-        return last["logits"], last["loss"]
+        return last["outputs"], last["loss"]
 
     def _clip_gradients(self) -> None:
         if self.settings.clip_grad_norm is None and self.settings.clip_grad_value is None:
@@ -504,9 +481,9 @@ class Trainer:
     def _check_monitor(self, val_loader: DataLoader | None) -> None:
         needs_monitor = self.settings.restores_best or any(s.on_metric for s in self.schedulers)
         monitor = self.settings.monitor
-        if needs_monitor and monitor not in MONITORS:
+        if needs_monitor and monitor not in self.task.monitors():
             raise ValueError(f"training.monitor: unknown metric {monitor!r}. Valid: "
-                             f"{', '.join(sorted(MONITORS))}")
+                             f"{', '.join(self.task.monitors())}")
         if needs_monitor and monitor.startswith("val_") and val_loader is None:
             users = [s.scheduler.__class__.__name__ for s in self.schedulers if s.on_metric]
             users += ["early stopping / keep_best"] if self.settings.restores_best else []
@@ -663,11 +640,13 @@ def _clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> None:
 
 
 def _sampler_generators(loader: DataLoader) -> list[torch.Generator]:
-    """The generators that decide the training order: the loader's and its sampler's."""
+    """The generators that decide the training order: the loader's and its sampler's
+    (a loader of tensor slices has no sampler)."""
     candidates = [
         loader.generator,
-        getattr(loader.sampler, "generator", None),
-        getattr(getattr(loader.batch_sampler, "sampler", None), "generator", None),
+        getattr(getattr(loader, "sampler", None), "generator", None),
+        getattr(getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator",
+                None),
     ]
     unique: dict[int, torch.Generator] = {}
     for generator in candidates:

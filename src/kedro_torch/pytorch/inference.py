@@ -50,6 +50,7 @@ class ModelSpec:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     load_size: int | None = None
     eval_transforms: list[dict[str, Any]] = field(default_factory=list)
+    task: str = "image_classification"
 
     @classmethod
     def from_configs(cls, model: ModelConfig, data: DataConfig,
@@ -76,8 +77,9 @@ class ModelSpec:
         Loading is strict: weights that do not fit the spec are an error here,
         not a silently half-initialised model.
         """
-        model = models.build_model(self.model_name, num_classes, self.channels,
-                                   **self.model_kwargs)
+        model = models.build(self.model_name,
+                             {"num_classes": num_classes, "in_channels": self.channels},
+                             self.model_kwargs)
         model.load_state_dict(models.strip_wrapper_prefixes(state_dict))
         return model.eval()
 

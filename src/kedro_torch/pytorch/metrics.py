@@ -3,8 +3,9 @@ the predicted probabilities: top-k accuracy, calibration and uncertainty."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import pandas as pd
 import torch
 from torch.distributions import Categorical
 
@@ -114,11 +115,10 @@ def gallery_indices(
 
 
 def flat_test_metrics(report: dict) -> dict[str, float]:
-    """A classification report's numbers under the names MLflow shows and runs are
-    compared by: ``test_accuracy``, ``test_top<k>_accuracy``, ``test_ece``, ...,
-    ``test_per_class/f1_<class>``. MLflow's charts group names by what comes before a
-    ``/``: the per-class scores, three per class, get a section of their own, after
-    the curves and the summary figures."""
+    """A classification report's summary numbers under the names MLflow shows and runs
+    are compared by: ``test_accuracy``, ``test_top<k>_accuracy``, ``test_ece``, ...
+    The per-class scores are not among them: one chart per class and score would bury
+    the training curves, so they go to MLflow as one table (:func:`per_class_table`)."""
     flat = {
         "test_accuracy": report["accuracy"],
         f"test_top{report['top_k']}_accuracy": report["top_k_accuracy"],
@@ -128,7 +128,60 @@ def flat_test_metrics(report: dict) -> dict[str, float]:
     for average in ("macro_avg", "weighted_avg"):
         for score, value in report[average].items():
             flat[f"test_{average.removesuffix('_avg')}_{score}"] = value
-    for name, scores in report["per_class"].items():
-        for score in ("precision", "recall", "f1"):
-            flat[f"test_per_class/{score}_{name}"] = scores[score]
     return flat
+
+
+def per_class_table(report: dict) -> pd.DataFrame:
+    """One row per class of a classification report: precision, recall, F1, support."""
+    return pd.DataFrame([{"class": name, **scores}
+                         for name, scores in report["per_class"].items()],
+                        columns=["class", "precision", "recall", "f1", "support"])
+
+
+def regression_report(predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, float]:
+    """RMSE, MAE (both in the target's own units) and R², the share of the target's
+    variance the predictions explain: 0 for always predicting the mean, negative for
+    worse. For a constant target R² is 1 if every prediction is exact, else 0, as
+    scikit-learn's ``r2_score`` has it."""
+    predicted, actual = predicted.double().flatten(), actual.double().flatten()
+    if len(predicted) != len(actual) or not len(actual):
+        raise ValueError(f"{len(predicted)} predictions for {len(actual)} actual values; "
+                         "need as many, and at least one")
+    errors = predicted - actual
+    residual = errors.square().sum()
+    total = (actual - actual.mean()).square().sum()
+    r2 = 1 - residual / total if total > 0 else torch.tensor(float(residual == 0))
+    return {"rmse": errors.square().mean().sqrt().item(), "mae": errors.abs().mean().item(),
+            "r2": r2.item()}
+
+
+def permutation_importance(
+    score: Callable[[torch.Tensor], float], features: torch.Tensor,
+    columns: Mapping[str, Sequence[int]], repeats: int = 5, seed: int = 0,
+) -> pd.DataFrame:
+    """How much ``score`` (higher is better) drops when one feature's values are
+    shuffled across the rows, mean and standard deviation over ``repeats`` shuffles,
+    the most important feature first.
+
+    ``columns`` maps each of the user's features to its columns of ``features``;
+    they are shuffled together, so a numeric column and its "was missing" indicator
+    count as the one feature they are. Shuffling keeps each feature's distribution but
+    breaks its link to the target, which is what the model loses without it.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    baseline = score(features)
+    permuted = features.clone()
+    rows = []
+    for feature, indices in columns.items():
+        index = list(indices)
+        original = features[:, index]
+        drops = []
+        for _ in range(repeats):
+            permuted[:, index] = original[torch.randperm(len(features), generator=generator)]
+            drops.append(baseline - score(permuted))
+        permuted[:, index] = original
+        spread = torch.tensor(drops, dtype=torch.float64)
+        rows.append({"feature": feature, "importance": spread.mean().item(),
+                     "std": spread.std(correction=0).item()})
+    table = pd.DataFrame(rows, columns=["feature", "importance", "std"])
+    return table.sort_values("importance", ascending=False, kind="stable", ignore_index=True)

@@ -7,14 +7,19 @@ downloaded here; pretrained tensors come in as a ``state_dict``.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.error import URLError
 
 import torch
 import torchvision
 from torch import nn
+
+from kedro_torch.pytorch.config import ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +65,14 @@ def available_models() -> list[str]:
 
 
 def check_model_name(name: str, key: str = "model.name") -> None:
-    """Fail early, listing the valid names, when ``name`` is no known model."""
-    if name not in PROJECT_MODELS and name not in torchvision.models.list_models():
+    """Fail early, listing the valid names, when ``name`` is no known model and no
+    import path of one."""
+    if ":" in name:
+        model_class(name, key)
+    elif name not in PROJECT_MODELS and name not in torchvision.models.list_models():
         raise ValueError(
-            f"{key}: unknown model {name!r}. Valid names: {', '.join(available_models())}"
+            f"{key}: unknown model {name!r}. Valid names: {', '.join(available_models())}, "
+            "or the import path of an nn.Module class, as 'package.module:ClassName'"
         )
 
 
@@ -217,3 +226,119 @@ def load_pretrained(
         len(report.unexpected), report.unexpected or "-",
     )
     return report
+
+
+class TabularMLP(nn.Module):
+    """An MLP for a table: an embedding per categorical column beside the numeric
+    features, then Linear-ReLU-Dropout blocks and a linear head.
+
+    Its input is what :meth:`~kedro_torch.pytorch.tables.TablePreprocessing.features`
+    gives: the numeric (standardized) columns first, then one category code per
+    categorical column, stored as floats so that a row is one tensor. An embedding
+    learns what a category means from the rows that carry it, where one-hot columns
+    would widen the first layer by every category.
+    """
+
+    def __init__(self, numeric_features: int, cardinalities: Sequence[int], num_outputs: int,
+                 hidden: Sequence[int] = (128, 64), dropout: float = 0.1,
+                 embedding_dim: int | None = None):
+        super().__init__()
+        if numeric_features + len(cardinalities) == 0:
+            raise ValueError("TabularMLP needs at least one numeric or categorical feature")
+        self.numeric_features = numeric_features
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(cardinality, embedding_dim or min(16, (cardinality + 1) // 2))
+            for cardinality in cardinalities
+        )
+        width = numeric_features + sum(e.embedding_dim for e in self.embeddings)
+        blocks: list[nn.Module] = []
+        for size in hidden:
+            blocks += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = x[:, self.numeric_features :].long()
+        parts = [x[:, : self.numeric_features]]
+        for column, embedding in enumerate(self.embeddings):
+            parts.append(embedding(codes[:, column]))
+        return self.head(self.body(torch.cat(parts, dim=1)))
+
+
+PROJECT_MODELS["tabular_mlp"] = TabularMLP
+
+
+def model_class(name: str, key: str = "model.name") -> type[nn.Module]:
+    """The ``nn.Module`` class that ``name`` names: one of :data:`PROJECT_MODELS`, or
+    ``"package.module:ClassName"``, imported, for a model of the user's own."""
+    if name in PROJECT_MODELS:
+        return PROJECT_MODELS[name]
+    module_name, _, class_name = name.partition(":")
+    if not module_name or not class_name:
+        raise ParameterError(
+            f"{key}: unknown model {name!r}. Give one of {', '.join(sorted(PROJECT_MODELS))} "
+            "or the import path of an nn.Module class, as 'package.module:ClassName'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ParameterError(f"{key}: cannot import module {module_name!r} of {name!r}: "
+                             f"{error}. Is its package installed, or on the PYTHONPATH?"
+                             ) from error
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ParameterError(f"{key}: module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ParameterError(f"{key}: {name!r} is {cls!r}, not a torch.nn.Module subclass")
+    return cls
+
+
+def build_from_class(cls: type[nn.Module], kwargs: Mapping[str, Any],
+                     given: Mapping[str, Any], key: str = "model.kwargs") -> nn.Module:
+    """``cls`` built with the user's ``kwargs`` and, of ``given`` (the shapes the data
+    decides: ``num_outputs``, ``cardinalities``, ``in_channels``, ...), those its
+    constructor takes.
+
+    A class takes from ``given`` what it names, so a model of the user's own declares
+    the shapes it needs and nothing else. The arguments are checked against the
+    constructor's signature before it runs, so that an error names the key and
+    argument at fault rather than surfacing from deep inside the model.
+    """
+    parameters = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    unknown = [name for name in kwargs if name not in parameters and not takes_any]
+    if unknown:
+        takes = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                                 p.KEYWORD_ONLY)]
+        raise ParameterError(f"{key}.{unknown[0]}: {cls.__name__} takes no argument "
+                             f"{unknown[0]!r}. It takes: {', '.join(takes) or 'none'}")
+    clashing = [name for name in kwargs if name in given]
+    if clashing:
+        raise ParameterError(f"{key}.{clashing[0]}: set from the data "
+                             f"({given[clashing[0]]!r}); remove it from {key}")
+    arguments = {name: value for name, value in given.items()
+                 if name in parameters or takes_any} | dict(kwargs)
+    missing = [name for name, p in parameters.items()
+               if p.default is p.empty and name not in arguments
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing:
+        raise ParameterError(
+            f"{key}.{missing[0]}: {cls.__name__} needs argument {missing[0]!r}, which the "
+            f"data does not give (it gives {', '.join(given) or 'nothing'}); set it in {key}"
+        )
+    return cls(**arguments)
+
+
+def build(name: str, given: Mapping[str, Any], kwargs: Mapping[str, Any],
+          key: str = "model.name") -> nn.Module:
+    """A fresh model by ``model.name``: a torchvision model for images (``given`` holds
+    ``num_classes`` and ``in_channels``), or a class of :data:`PROJECT_MODELS` or of the
+    user's own by import path, taking from ``given`` the shapes it names."""
+    if name not in PROJECT_MODELS and name in torchvision.models.list_models():
+        if "in_channels" not in given:
+            raise ParameterError(f"{key}: {name} is a torchvision image model; this task's "
+                                 f"inputs are not images. Use one of "
+                                 f"{', '.join(sorted(PROJECT_MODELS))} or an import path")
+        return build_model(name, given["num_classes"], given["in_channels"], **kwargs)
+    return build_from_class(model_class(name, key), kwargs, given)

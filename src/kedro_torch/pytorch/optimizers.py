@@ -404,10 +404,12 @@ def import_callable(path: Any, key: str) -> Callable:
 def build_loss(
     config: LossConfig, train_targets: torch.Tensor | None = None,
     num_classes: int | None = None, key: str = "training.loss",
+    default: str = "CrossEntropyLoss",
 ) -> nn.Module:
-    """The loss named in ``config``; ``class_weights: balanced`` weighs each class by
-    the inverse of its share of the training targets."""
-    cls = resolve(config.name, loss_classes(), f"{key}.name")
+    """The loss named in ``config``, or the task's ``default`` when it names none;
+    ``class_weights: balanced`` weighs each class by the inverse of its share of the
+    training targets."""
+    cls = resolve(config.name or default, loss_classes(), f"{key}.name")
     kwargs = _given(config.kwargs)
     if config.class_weights == "balanced":
         if "weight" not in inspect.signature(cls).parameters:

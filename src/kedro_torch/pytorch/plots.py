@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 
 def confusion_matrix_figure(
@@ -56,10 +58,14 @@ def _matrix_panel(
 
 
 def learning_curve_figure(history: Sequence[dict[str, float]]) -> Figure:
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    """One panel per metric the epochs recorded (the loss, then the task's own:
+    accuracy, or RMSE and MAE), training and validation together."""
+    names = [key.removeprefix("train_") for key in (history[0] if history else {})
+             if key.startswith("train_")] or ["loss"]
+    figure = Figure(figsize=(5 * len(names), 4), layout="constrained")
+    panels = figure.subplots(1, len(names), squeeze=False)[0]
     epochs = [row["epoch"] for row in history]
-    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+    for axes, metric in zip(panels, names, strict=True):
         for split in ("train", "val"):
             name = f"{split}_{metric}"
             if history and name in history[0]:
@@ -143,4 +149,52 @@ def gallery_figure(sections: Mapping[str, Sequence[tuple[np.ndarray, str]]]) -> 
         axes.set_yticks([])
         axes.spines[:].set_visible(False)
     figure.suptitle("Test images worth a look")
+    return figure
+
+
+def predicted_vs_actual_figure(predicted: ArrayLike, actual: ArrayLike) -> Figure:
+    """Each row's prediction against its true value, with the diagonal of perfect
+    predictions: points off it are errors, a slope or curve of the cloud is a bias."""
+    predicted, actual = np.asarray(predicted, dtype=float), np.asarray(actual, dtype=float)
+    figure = Figure(figsize=(6, 6), layout="constrained")
+    axes = figure.subplots()
+    axes.scatter(actual, predicted, s=8, alpha=min(1.0, max(0.1, 300 / max(len(actual), 1))))
+    low = min(actual.min(), predicted.min())
+    high = max(actual.max(), predicted.max())
+    axes.plot([low, high], [low, high], linestyle="--", color="grey", label="predicted = actual")
+    axes.set_xlabel("actual")
+    axes.set_ylabel("predicted")
+    axes.set_aspect("equal", adjustable="datalim")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
+    axes.set_title("Predicted vs actual (test split)")
+    return figure
+
+
+def residual_histogram_figure(predicted: ArrayLike, actual: ArrayLike) -> Figure:
+    """How far predictions miss, and to which side: a histogram off-centre from 0 is a
+    bias, long tails are the rows the model gets badly wrong."""
+    residuals = np.asarray(predicted, dtype=float) - np.asarray(actual, dtype=float)
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.hist(residuals, bins=int(np.clip(np.sqrt(len(residuals)), 10, 50)), edgecolor="black")
+    axes.axvline(0, linestyle="--", color="grey")
+    axes.set_xlabel("residual (predicted - actual)")
+    axes.set_ylabel("rows")
+    axes.set_title(f"Residuals (test split): mean {residuals.mean():.3g}, "
+                   f"std {residuals.std():.3g}")
+    return figure
+
+
+def importance_figure(table: pd.DataFrame) -> Figure:
+    """Permutation importance per feature (columns ``feature``, ``importance``,
+    ``std``), the most important at the top, the spread over shuffles as error bars.
+    A bar near 0 (or below) is a feature the model does without."""
+    ordered = table.sort_values("importance", kind="stable")
+    figure = Figure(figsize=(7, max(2.5, 0.35 * len(ordered) + 1.5)), layout="constrained")
+    axes = figure.subplots()
+    axes.barh(ordered["feature"], ordered["importance"], xerr=ordered["std"], capsize=3)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel("drop in score when the feature is shuffled")
+    axes.set_title("Permutation importance (test split)")
     return figure

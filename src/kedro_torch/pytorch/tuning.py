@@ -25,7 +25,7 @@ import torch
 from matplotlib.figure import Figure
 from optuna.visualization import matplotlib as optuna_plots
 
-from kedro_torch.pytorch import api, checks, engine, models
+from kedro_torch.pytorch import api, checks, engine, models, tasks
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.config import (
     DataConfig,
@@ -36,8 +36,8 @@ from kedro_torch.pytorch.config import (
     TuningConfig,
     parse,
 )
-from kedro_torch.pytorch.inference import ModelSpec
 from kedro_torch.pytorch.optimizers import classes_in, resolve
+from kedro_torch.pytorch.tasks.base import Spec
 
 # The sections a trial may change.
 TUNED_SECTIONS = ("data", "model", "training")
@@ -203,7 +203,7 @@ class Objective:
     config: TuningConfig
     model_input: pd.DataFrame
     label_map: Mapping[str, int]
-    normalization: Mapping[str, Any]
+    preprocessing: Mapping[str, Any]
     images: ImageStore | None = None
     pretrained: Mapping[str, torch.Tensor] | None = None
 
@@ -224,13 +224,13 @@ class Objective:
         data_config, model_config = configs["data"], configs["model"]
         training = configs["training"] = replace(configs["training"], resume=False,
                                                  progress_bar=False)
-        loaders = api.build_loaders(model_input, self.normalization, data_config,
+        loaders = api.build_loaders(model_input, self.preprocessing, data_config,
                                     training.seed, images=self.images, device=training.device)
-        classes = len(self.label_map)
-        model = api.build_model(model_config, classes, data_config.channels, training.seed,
-                                self.pretrained)
-        return configs, api.fit(model, loaders, training, num_classes=classes,
-                                model_config=model_config, callbacks=callbacks)
+        model = api.build_model(model_config, data_config, self.label_map, self.preprocessing,
+                                training.seed, self.pretrained)
+        return configs, api.fit(model, loaders, training, num_classes=len(self.label_map),
+                                model_config=model_config, callbacks=callbacks,
+                                task=tasks.create(data_config.task, self.preprocessing))
 
     def train_final(self, values: Mapping[str, Any], evaluation: EvaluationConfig,
                     callbacks: Sequence[engine.Callback] = ()) -> FinalModel:
@@ -239,7 +239,8 @@ class Objective:
         was judged on."""
         merged = self.model_input.assign(split=self.model_input["split"].replace("val", "train"))
         configs, result = self.train(values, merged, callbacks)
-        spec = ModelSpec.from_configs(configs["model"], configs["data"], self.normalization)
+        spec = tasks.create(configs["data"].task, self.preprocessing).spec(
+            configs["model"], configs["data"], self.preprocessing)
         report = api.evaluate(result.state_dict, spec, merged, self.label_map, evaluation,
                               data_config=configs["data"], history=result.history,
                               images=self.images, device=configs["training"].device)
@@ -249,7 +250,7 @@ class Objective:
 @dataclass(frozen=True)
 class FinalModel:
     result: api.FitResult
-    spec: ModelSpec
+    spec: Spec
     evaluation: api.Evaluation
 
 

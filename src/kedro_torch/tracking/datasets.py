@@ -1,5 +1,5 @@
-"""The Kedro datasets that log to MLflow: the trained classifier (and its registry
-entry), and metrics."""
+"""The Kedro datasets that log to MLflow: the trained model (and its registry
+entry), metrics, and tables."""
 
 from __future__ import annotations
 
@@ -7,23 +7,28 @@ import time
 from typing import Any
 
 import mlflow
+import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from mlflow import MlflowClient
 
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.inference import ModelSpec
+from kedro_torch.pytorch.table_inference import TableModelSpec
 from kedro_torch.tracking import model as mlflow_model
 from kedro_torch.tracking import outbox
 
 
-class MlflowImageClassifierDataset(AbstractDataset[dict, None]):
-    """Logs the trained classifier to the active MLflow run as a model that takes raw
-    images (see :mod:`kedro_torch.tracking.model`), registers it, and moves the
-    registry alias ``champion_alias`` to it only if it beats the current holder.
+class MlflowServedModelDataset(AbstractDataset[dict, None]):
+    """Logs the trained model to the active MLflow run as a model that takes raw inputs
+    (image files, or a table's rows: see :mod:`kedro_torch.tracking.model`), registers
+    it, and moves the registry alias ``champion_alias`` to it only if it beats the
+    current holder (higher ``champion_metric`` is better).
 
-    Saves a mapping with ``state_dict``, ``model_spec`` (a dict), ``label_map``,
-    ``top_k``, ``batch_size``, ``registered_model_name`` (``None``: log only) and
-    ``metrics``, which must hold ``champion_metric``.
+    Saves a mapping with ``state_dict``, ``model_spec`` (a dict, whose ``task`` says
+    which model it is), ``label_map``, ``batch_size``, ``registered_model_name``
+    (``None``: log only) and ``metrics``, which must hold ``champion_metric``; with
+    ``top_k`` for an image classifier, ``input_example`` (rows of the training table,
+    a DataFrame) for a table model.
     """
 
     def __init__(
@@ -46,15 +51,29 @@ class MlflowImageClassifierDataset(AbstractDataset[dict, None]):
             return
         if mlflow.active_run() is None:
             raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
+        if data["registered_model_name"] and self._champion_metric not in data["metrics"]:
+            raise DatasetError(
+                f"mlflow_model: champion_metric {self._champion_metric!r} is not among the "
+                f"model's metrics ({', '.join(sorted(data['metrics']))}); set "
+                "champion_metric in the catalog entry to one of them")
+        example = data.get("input_example")
+        if isinstance(example, pd.DataFrame):  # a spool keeps tensors and plain containers
+            data = {**data, "input_example": example.to_dict(orient="list")}
         outbox.send({"kind": "model", "data": data, "dataset": self._describe()})
 
     def log(self, data: dict[str, Any]) -> None:
         """Log and register the model in the active run; promote it if it is better."""
-        registered_name = data["registered_model_name"]
-        info = mlflow_model.log_image_classifier(
-            self._name, data["state_dict"], ModelSpec.from_dict(data["model_spec"]),
-            data["label_map"], data["top_k"], data["batch_size"], registered_name,
-        )
+        registered_name, spec = data["registered_model_name"], data["model_spec"]
+        if spec.get("task", "image_classification").startswith("tabular_"):
+            info = mlflow_model.log_table_model(
+                self._name, data["state_dict"], TableModelSpec.from_dict(spec),
+                pd.DataFrame(data["input_example"]), data["batch_size"], registered_name,
+            )
+        else:
+            info = mlflow_model.log_image_classifier(
+                self._name, data["state_dict"], ModelSpec.from_dict(spec),
+                data["label_map"], data["top_k"], data["batch_size"], registered_name,
+            )
         if registered_name:
             mlflow_model.promote_if_better(
                 MlflowClient(), registered_name, str(info.registered_model_version),
@@ -97,3 +116,30 @@ class MlflowMetricsDataset(AbstractDataset[dict, None]):
 
     def _describe(self) -> dict[str, Any]:
         return {}
+
+
+class MlflowTableDataset(AbstractDataset[pd.DataFrame, None]):
+    """Logs a table to the active MLflow run with ``mlflow.log_table``, as
+    ``artifact_file``, through its outbox: a figure per row (per class, say) reads
+    better as one table than as scalar metrics, which MLflow draws one chart each.
+    Read it back with ``mlflow.load_table(artifact_file, run_ids=[run_id])``. A table
+    without rows (a regression has no classes) is not logged: it would show nothing.
+    """
+
+    def __init__(self, *, artifact_file: str, metadata: dict[str, Any] | None = None):
+        self._artifact_file = artifact_file
+        self.metadata = metadata
+
+    def save(self, data: pd.DataFrame) -> None:
+        if not is_main_process() or data.empty:
+            return
+        if mlflow.active_run() is None:
+            raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
+        outbox.send({"kind": "table", "table": data, "artifact_file": self._artifact_file})
+
+    def load(self) -> None:
+        raise DatasetError(f"{type(self).__name__} only logs; read the table with "
+                           f"mlflow.load_table({self._artifact_file!r}, run_ids=[<run id>])")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"artifact_file": self._artifact_file}

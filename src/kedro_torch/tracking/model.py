@@ -1,14 +1,16 @@
-"""The trained classifier as an MLflow model that takes raw images, and its place in
-the MLflow model registry.
+"""The trained model as an MLflow model that takes raw inputs (image files, or a
+table's rows), and its place in the MLflow model registry.
 
 The model is a ``mlflow.pyfunc.PythonModel`` whose artifacts are the weights
-(a ``state_dict``, loaded with ``weights_only=True``), the label map and the
-:class:`~kedro_torch.pytorch.inference.ModelSpec`. It is logged as code (MLflow's "models
-from code", :mod:`kedro_torch.tracking.model_code`), not pickled, and the
-``kedro_torch`` package travels with it, so a caller needs nothing but the
-environment the model declares. Its signature (a ``path`` or an ``image`` per row)
-and input example let ``mlflow models serve`` take the bytes of image files, which a
-REST client sends base64-encoded, and show the model's inputs and outputs in the UI.
+(a ``state_dict``, loaded with ``weights_only=True``) and the JSON that rebuilds it:
+the :class:`~kedro_torch.pytorch.inference.ModelSpec` and label map of an image
+classifier, or the :class:`~kedro_torch.pytorch.table_inference.TableModelSpec` of a
+table model. It is logged as code (MLflow's "models from code",
+:mod:`kedro_torch.tracking.model_code`), not pickled, and the ``kedro_torch`` package
+travels with it, so a caller needs nothing but the environment the model declares.
+Its signature and input example tell ``mlflow models serve`` what a request holds
+(the bytes of image files, which a REST client sends base64-encoded; a table's
+feature columns) and show the model's inputs and outputs in the UI.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -29,15 +32,25 @@ from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType
 from PIL import Image
 
 from kedro_torch.pytorch.checkpoints import load_weights, state_dict_from
 from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec
+from kedro_torch.pytorch.table_inference import TableModelSpec, TablePredictor
+from kedro_torch.pytorch.tables import TablePreprocessing
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # kedro_torch, carried inside the model
 REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "pandas", "numpy", "fsspec")
+# MLflow's column type for each of TablePreprocessing's input types. Over HTTP MLflow
+# refuses a null in a "long" column and reads it as False in a "boolean" one, so those
+# (categorical) columns take any type: the preprocessing reads their values as strings,
+# a null as unknown, as training did.
+TABLE_INPUT_TYPES = {"double": DataType.double, "string": DataType.string,
+                     "long": AnyType(), "boolean": AnyType()}
+EXAMPLE_ROWS = 3
 
 
 class ImageClassifierModel(mlflow.pyfunc.PythonModel):
@@ -52,11 +65,10 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         artifacts = context.artifacts
-        spec = ModelSpec.from_dict(json.loads(Path(artifacts["model_spec"]).read_text()))
-        label_map = json.loads(Path(artifacts["label_map"]).read_text())
-        with open(artifacts["state_dict"], "rb") as file:
-            state_dict = state_dict_from(load_weights(file, "state_dict"), "state_dict")
-        self._classifier = ImageClassifier.from_state_dict(state_dict, spec, label_map)
+        spec = ModelSpec.from_dict(read_json(artifacts, "model_spec"))
+        self._classifier = ImageClassifier.from_state_dict(
+            read_state_dict(artifacts), spec, read_json(artifacts, "label_map")
+        )
         self._top_k = int(context.model_config["top_k"])
         self._batch_size = int(context.model_config["batch_size"])
 
@@ -68,6 +80,38 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         predictions["error"] = None
         table = pd.concat([predictions, failures]) if len(failures) else predictions
         return table.sort_index().reset_index(drop=True)
+
+
+class TableModel(mlflow.pyfunc.PythonModel):
+    """``predict`` takes a table of the feature columns the model was trained on (more
+    columns are ignored) and returns :meth:`TablePredictor.predict`'s table: ``label``,
+    ``probability`` and ``probability_<class>`` per row, or ``value``.
+
+    MLflow refuses a request without a feature column, naming it, by the signature; a
+    missing value or an unseen category gets a prediction, as in training.
+    """
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        spec = TableModelSpec.from_dict(read_json(context.artifacts, "model_spec"))
+        self._predictor = TablePredictor.from_state_dict(read_state_dict(context.artifacts),
+                                                         spec)
+        self._batch_size = int(context.model_config["batch_size"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self._predictor.predict(model_input, self._batch_size).reset_index(drop=True)
+
+
+# What model_code.py builds, by the "kind" in the logged model's model_config.
+MODEL_KINDS = {"image": ImageClassifierModel, "table": TableModel}
+
+
+def read_json(artifacts: Mapping[str, str], name: str) -> dict:
+    return json.loads(Path(artifacts[name]).read_text())
+
+
+def read_state_dict(artifacts: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    with open(artifacts["state_dict"], "rb") as file:
+        return state_dict_from(load_weights(file, "state_dict"), "state_dict")
 
 
 def image_files(table: pd.DataFrame) -> list[str | bytes]:
@@ -119,6 +163,32 @@ def input_example(spec: ModelSpec) -> pd.DataFrame:
     return pd.DataFrame({"image": [buffer.getvalue()]})
 
 
+def table_signature(preprocessing: TablePreprocessing) -> ModelSignature:
+    """Inputs: the feature columns, each required, so that MLflow refuses a request
+    without one, naming it; outputs as :class:`TableModel`'s."""
+    inputs = Schema([ColSpec(TABLE_INPUT_TYPES[preprocessing.input_types[column]], column)
+                     for column in preprocessing.feature_names])
+    if preprocessing.kind == "regression":
+        outputs = [ColSpec(DataType.double, "value")]
+    else:
+        outputs = [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability"),
+                   *(ColSpec(DataType.double, f"probability_{name}")
+                     for name in preprocessing.classes)]
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+
+
+def table_example(rows: pd.DataFrame, preprocessing: TablePreprocessing) -> pd.DataFrame:
+    """A few of ``rows``' feature columns, numbers as the doubles the signature declares
+    (what is not a number, missing); rows whose values are all there come first, so that
+    the example shows every column."""
+    features = rows[preprocessing.feature_names]
+    complete = features.notna().all(axis=1)
+    chosen = pd.concat([features[complete], features[~complete]]).head(EXAMPLE_ROWS)
+    numbers = {column: pd.to_numeric(chosen[column], errors="coerce").astype("float64")
+               for column in preprocessing.numeric}
+    return chosen.assign(**numbers).reset_index(drop=True)
+
+
 def log_image_classifier(
     name: str,
     state_dict: Mapping[str, torch.Tensor],
@@ -128,7 +198,46 @@ def log_image_classifier(
     batch_size: int,
     registered_model_name: str | None = None,
 ) -> ModelInfo:
-    """Log the pyfunc model to the active run; register it when a name is given.
+    """Log the image classifier to the active run; register it when a name is given."""
+    return log_pyfunc(
+        name, state_dict, {"model_spec": spec.to_dict(), "label_map": dict(label_map)},
+        {"kind": "image", "top_k": top_k, "batch_size": batch_size},
+        signature(len(label_map), top_k), input_example(spec), registered_model_name,
+    )
+
+
+def log_table_model(
+    name: str,
+    state_dict: Mapping[str, torch.Tensor],
+    spec: TableModelSpec,
+    input_example: pd.DataFrame,
+    batch_size: int,
+    registered_model_name: str | None = None,
+) -> ModelInfo:
+    """Log the table model to the active run; register it when a name is given.
+
+    ``input_example``: real rows of the training table; a few of their feature columns
+    become the example.
+    """
+    preprocessing = TablePreprocessing.from_dict(spec.preprocessing)
+    return log_pyfunc(
+        name, state_dict, {"model_spec": spec.to_dict()},
+        {"kind": "table", "batch_size": batch_size}, table_signature(preprocessing),
+        table_example(input_example, preprocessing), registered_model_name,
+    )
+
+
+def log_pyfunc(
+    name: str,
+    state_dict: Mapping[str, torch.Tensor],
+    documents: Mapping[str, Any],
+    model_config: Mapping[str, Any],
+    model_signature: ModelSignature,
+    example: pd.DataFrame,
+    registered_model_name: str | None,
+) -> ModelInfo:
+    """Log the weights and ``documents`` (each a JSON artifact of its name) as a model
+    from code, which ``model_config["kind"]`` chooses in :data:`MODEL_KINDS`.
 
     pip requirements are given, not inferred: inferring them imports the model
     in a subprocess, which takes longer than the whole evaluation. MLflow draws a
@@ -137,23 +246,20 @@ def log_image_classifier(
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as folder:
-        artifacts = {
-            "state_dict": Path(folder, "state_dict.pt"),
-            "model_spec": Path(folder, "model_spec.json"),
-            "label_map": Path(folder, "label_map.json"),
-        }
+        artifacts = {"state_dict": Path(folder, "state_dict.pt")}
         torch.save(dict(state_dict), artifacts["state_dict"])
-        artifacts["model_spec"].write_text(json.dumps(spec.to_dict(), indent=2))
-        artifacts["label_map"].write_text(json.dumps(dict(label_map), indent=2))
+        for key, document in documents.items():
+            artifacts[key] = Path(folder, f"{key}.json")
+            artifacts[key].write_text(json.dumps(document, indent=2))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).with_name("model_code.py")),
             artifacts={key: str(path) for key, path in artifacts.items()},
             code_paths=[str(PACKAGE_DIR)],
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
-            model_config={"top_k": top_k, "batch_size": batch_size},
-            signature=signature(len(label_map), top_k),
-            input_example=input_example(spec),
+            model_config=dict(model_config),
+            signature=model_signature,
+            input_example=example,
             registered_model_name=registered_model_name,
         )
 

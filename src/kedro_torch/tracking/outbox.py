@@ -1,9 +1,9 @@
 """Tracking that outlasts an outage of the MLflow tracking server.
 
 A run tracked over HTTP sends what it records (epoch metrics, parameters, tags,
-files, the dataset input, the model, how it ended) through an :class:`Outbox`.
-Before each send one ``/health`` request with a short timeout asks whether the
-server is there; while it is not, the records wait in a spool folder,
+files and folders, tables, the dataset input, the model, how it ended) through an
+:class:`Outbox`. Before each send one ``/health`` request with a short timeout asks
+whether the server is there; while it is not, the records wait in a spool folder,
 ``data/08_reporting/unsent_tracking/<run id>/`` (files copied in, so later runs
 cannot change them), and training goes on. The next send that finds the server
 back sends them first, in order. At the end of the run the outbox waits up to
@@ -143,8 +143,17 @@ class Outbox:
         os.replace(temporary, self.folder / RECORDS_FILE)
 
     def _spooled(self, record: dict[str, Any], number: int) -> dict[str, Any]:
-        """The record as JSON: its model saved, its file copied into the spool folder."""
+        """The record as JSON: its model and a table it holds only in memory saved, its
+        file or folder copied into the spool folder."""
+        table = record["table"] if record["kind"] == "table" else None
         record = {key: value for key, value in record.items() if key != "table"}
+        if table is not None:
+            target = self.folder / f"table-{number}.parquet"
+            if not target.exists():
+                temporary = target.with_name(f".{target.name}.tmp")
+                table.to_parquet(temporary)
+                os.replace(temporary, target)
+            record["file"] = str(target)
         if "data" in record:  # the model: tensors and plain containers
             target = self.folder / f"model-{number}.pt"
             if not target.exists():
@@ -155,7 +164,10 @@ class Outbox:
             copy = self.folder / str(number) / Path(record["file"]).name
             if not copy.exists():
                 copy.parent.mkdir(exist_ok=True)
-                shutil.copyfile(record["file"], copy)
+                if Path(record["file"]).is_dir():
+                    shutil.copytree(record["file"], copy)
+                else:
+                    shutil.copyfile(record["file"], copy)
             record["file"] = str(copy)
         return record
 
@@ -175,9 +187,11 @@ def send(record: dict[str, Any]) -> None:
     """Record for the active run: through the outbox if one is open, else at once.
 
     Kinds: ``metrics`` (``metrics``, ``step``, ``timestamp``), ``params``, ``tags``
-    (``values``), ``artifact`` (``file``), ``dataset_input`` (``name``, ``file``,
-    ``source``, and the ``table`` in memory), ``model`` (``data``, and ``dataset``:
-    the arguments of :class:`~kedro_torch.tracking.datasets.MlflowImageClassifierDataset`)
+    (``values``), ``artifact`` (``file``: a file, or a folder logged as a folder of its
+    name), ``table`` (the ``table`` in memory, logged as ``artifact_file`` with
+    ``mlflow.log_table``), ``dataset_input`` (``name``, ``file``, ``source``, and the
+    ``table`` in memory), ``model`` (``data``, and ``dataset``:
+    the arguments of :class:`~kedro_torch.tracking.datasets.MlflowServedModelDataset`)
     and ``end`` (``status``).
     """
     if _open is not None:
@@ -244,8 +258,10 @@ def apply(run_id: str, record: dict[str, Any]) -> None:
         client.log_batch(run_id, params=[Param(k, v) for k, v in record["values"].items()])
     elif kind == "tags":
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["values"].items()])
-    elif kind == "artifact":
+    elif kind == "artifact":  # MLflow logs a folder as a folder of its name
         client.log_artifact(run_id, record["file"])
+    elif kind == "table":
+        client.log_table(run_id, _table(record), record["artifact_file"])
     elif kind == "end":
         client.set_terminated(run_id, record["status"])
     else:  # these log through the active run, as MLflow's model and dataset helpers do
@@ -255,19 +271,22 @@ def apply(run_id: str, record: dict[str, Any]) -> None:
 
 def _apply_to_active_run(record: dict[str, Any]) -> None:
     from kedro_torch.tracking import runs  # noqa: PLC0415 - runs imports this module
-    from kedro_torch.tracking.datasets import MlflowImageClassifierDataset  # noqa: PLC0415
+    from kedro_torch.tracking.datasets import MlflowServedModelDataset  # noqa: PLC0415
 
     if record["kind"] == "dataset_input":
-        table = record.get("table")
-        runs.log_dataset_input(record["name"],
-                               pd.read_parquet(record["file"]) if table is None else table,
-                               record["source"])
+        runs.log_dataset_input(record["name"], _table(record), record["source"])
         return
     data = record.get("data")
     if data is None:
         with open(record["data_file"], "rb") as file:
             data = load_weights(file, record["data_file"])
-    MlflowImageClassifierDataset(**record["dataset"]).log(data)
+    MlflowServedModelDataset(**record["dataset"]).log(data)
+
+
+def _table(record: dict[str, Any]) -> pd.DataFrame:
+    """The record's table: in memory, or as its spool (or its catalog entry) saved it."""
+    table = record.get("table")
+    return pd.read_parquet(record["file"]) if table is None else table
 
 
 @contextmanager

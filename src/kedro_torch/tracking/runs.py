@@ -79,8 +79,9 @@ def describe_run(
 
 def log_saved_dataset(catalog: DataCatalog, dataset_name: str, data: Any) -> None:
     """Log what a save wrote, as its catalog entry's metadata asks: the file
-    (``mlflow_artifact``), the table as the run's dataset input (``mlflow_dataset_input``);
-    through the run's outbox (:mod:`kedro_torch.tracking.outbox`)."""
+    (``mlflow_artifact``; a folder, such as a dict of figures, as a folder of its name),
+    the table as the run's dataset input (``mlflow_dataset_input``); through the run's
+    outbox (:mod:`kedro_torch.tracking.outbox`)."""
     if mlflow.active_run() is None or not is_main_process():
         return
     dataset = catalog.get(dataset_name)

@@ -16,6 +16,7 @@ from kedro.pipeline import Pipeline
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from kedro_torch.pytorch import sources, tasks
 from kedro_torch.pytorch.config import DataConfig, ModelConfig, TrainingConfig, parse
 from kedro_torch.tracking import store
 
@@ -52,23 +53,25 @@ def run_note(parameters: dict[str, Any], metrics: dict[str, float],
     data = parse(DataConfig, parameters.get("data"), "data")
     model = parse(ModelConfig, parameters.get("model"), "model")
     training = parse(TrainingConfig, parameters.get("training"), "training")
+    task = tasks.create(data.task)
     lines = []
-    if "test_accuracy" in metrics:
-        result = f"**Test accuracy {metrics['test_accuracy']:.4f}**"
-        extras = [f"{name.removeprefix('test_').replace('_', ' ')} {value:.4f}"
+    headline = [name for name in task.headline if name in metrics]
+    if headline:
+        said = ", ".join(f"{_said(name)} {metrics[name]:.4f}" for name in headline)
+        result = f"**{said[0].upper()}{said[1:]}**"
+        extras = [f"{_said(name).removeprefix('test ')} {value:.4f}"
                   for name, value in sorted(metrics.items())
                   if name.startswith("test_top") or name == "test_ece"]
-        if "val_accuracy" in metrics:
-            extras.append(f"last val accuracy {metrics['val_accuracy']:.4f}")
+        extras += [f"last {_said(name)} {metrics[name]:.4f}"
+                   for name in task.monitors() if name.startswith("val_")
+                   and name != "val_loss" and name in metrics]
         lines += [result + (f" ({', '.join(extras)})" if extras else ""), ""]
     if quality is not None:
-        splits = " / ".join(f"{n} {s}" for s, n in quality["images_per_split"].items())
-        lines.append(f"- **Data:** {quality['images_used']} images in "
-                     f"{len(quality['images_per_class'])} classes"
-                     + (f" from `{source}`" if source else "") + f" ({splits}); "
-                     f"{len(quality['bad_files'])} unreadable files set aside")
-    channels = "grey" if data.channels == 1 else "RGB"
-    lines.append(f"- **Input:** {data.image_size}x{data.image_size} px, {channels}, "
+        used, split_sizes, set_aside = task.data_note(quality, data)
+        splits = " / ".join(f"{n} {s}" for s, n in split_sizes.items())
+        lines.append(f"- **Data:** {used}" + (f" from `{source}`" if source else "")
+                     + f" ({splits}); {set_aside}")
+    lines.append(f"- **Input:** {task.input_note(data, quality)}, "
                  f"batch size {data.batch_size}")
     kwargs = ", ".join(f"{key}={value}" for key, value in model.kwargs.items())
     pretrained = f", from `{model.pretrained_path}`" if model.pretrained_path else ""
@@ -84,13 +87,13 @@ def run_note(parameters: dict[str, Any], metrics: dict[str, float],
 
 
 def input_location(catalog: DataCatalog, parameters: dict[str, Any]) -> str | None:
-    """Where the images were read from: the folder, the table or the torchvision dataset
+    """Where the samples were read from: the folder, the table or the torchvision dataset
     (``data.source``)."""
     data = parse(DataConfig, parameters.get("data"), "data")
-    if data.source == "torchvision":
-        dataset = f"torchvision.datasets.{data.torchvision.name}"
-        return f"{dataset} in {data.torchvision.root}" if data.torchvision.root else dataset
-    entry = "raw_manifest" if data.source == "manifest" else "raw_images"
+    source = sources.get(data.source)
+    entry = source.entry
+    if entry is None:
+        return source.location(data)
     if entry not in catalog:
         return None
     described = catalog[entry]._describe()
@@ -105,8 +108,10 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
     files are."""
     info = run.info
     lines = [f"Run {info.run_name} finished: MLflow run {info.run_id}"]
-    if "test_accuracy" in run.data.metrics:
-        lines.append(f"  test accuracy  {run.data.metrics['test_accuracy']:.4f}")
+    task = tasks.create(parse(DataConfig, context.params.get("data"), "data").task)
+    for name in task.headline:
+        if name in run.data.metrics:
+            lines.append(f"  {_said(name):<15}{run.data.metrics[name]:.4f}")
     hint = ui_hint(mlflow.get_tracking_uri(), Path(context.project_path), info.experiment_id,
                    info.run_id)
     lines.append(f"  see it         {hint}")
@@ -121,6 +126,11 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
         lines.append(f"  files          {', '.join(folders)} "
                      f"(version {run_params.get('run_id')})")
     return "\n".join(lines)
+
+
+def _said(metric: str) -> str:
+    """``test_accuracy`` as a reader says it: ``test accuracy``; R² as R²."""
+    return metric.replace("_", " ").replace("r2", "R²")
 
 
 def ui_hint(tracking_uri: str, project: Path, experiment_id: str, run_id: str) -> str:

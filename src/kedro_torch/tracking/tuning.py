@@ -16,7 +16,7 @@ from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.interrupts import Interrupted
 from kedro_torch.pytorch.tuning import Objective
 from kedro_torch.tracking.callbacks import MlflowEpochLogger
-from kedro_torch.tracking.datasets import MlflowImageClassifierDataset
+from kedro_torch.tracking.datasets import MlflowServedModelDataset
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def final_model_in_nested_run(objective: Objective, best_params: Mapping[str, An
         mlflow.log_dict(final.evaluation.report, "evaluation_report.json")
         for name, figure in final.evaluation.figures.items():
             mlflow.log_figure(figure, f"{name}.png")
-        MlflowImageClassifierDataset().save({
+        MlflowServedModelDataset().save({
             "state_dict": final.result.state_dict, "model_spec": final.spec.to_dict(),
             "label_map": dict(objective.label_map), "top_k": inference.top_k,
             "batch_size": inference.batch_size, "registered_model_name": registered_model_name,

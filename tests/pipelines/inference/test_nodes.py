@@ -33,6 +33,7 @@ def test_pipeline_predicts_every_image_and_reports_broken_ones(folder):
     torch.manual_seed(0)
     catalog = DataCatalog({
         "inference_images": ImageFolderDataset(path=str(folder)),
+        "inference_table": MemoryDataset(None),
         "trained_state_dict": MemoryDataset(build_model("small_cnn", 10, 1, width=4).state_dict()),
         "model_spec": MemoryDataset(SPEC),
         "label_map": MemoryDataset(LABEL_MAP),
@@ -57,5 +58,5 @@ def test_pipeline_predicts_every_image_and_reports_broken_ones(folder):
 
 def test_bad_inference_parameter_names_its_key(folder):
     with pytest.raises(ParameterError, match=r"inference\.top_k must be greater than 0"):
-        nodes.predict_folder(ImageFolderDataset(path=str(folder)).load(), {}, SPEC, LABEL_MAP,
-                             {"top_k": 0})
+        nodes.predict(ImageFolderDataset(path=str(folder)).load(), None, {}, SPEC, LABEL_MAP,
+                      {"top_k": 0})

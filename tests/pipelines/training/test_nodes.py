@@ -42,7 +42,7 @@ def listing(small_digits):
 
 
 def ingest(listing, data=DATA):
-    return nodes.ingest_images(listing, None, data)
+    return nodes.ingest(listing, None, None, data)
 
 
 def transform(manifest, data=DATA, cache_folder=None):
@@ -67,18 +67,18 @@ def test_ingest_reads_a_manifest_table_when_the_source_says_so(small_digits):
     table = pd.DataFrame({"file": paths, "digit": [p.split("/")[0] for p in paths]})
     data = {**DATA, "source": "manifest", "manifest": {"path_column": "file",
                                                        "label_column": "digit"}}
-    manifest = nodes.ingest_images(None, ImageTable(table, str(small_digits)), data)
+    manifest = nodes.ingest(None, ImageTable(table, str(small_digits)), None, data)
     assert manifest["path"].tolist() == [str(small_digits / p) for p in paths]
     assert manifest["label"].tolist() == table["digit"].tolist()
     with pytest.raises(ValueError, match=r"raw_manifest_path"):
-        nodes.ingest_images(None, None, data)
+        nodes.ingest(None, None, None, data)
 
 
 def test_ingest_reads_a_torchvision_dataset_when_the_source_says_so(listing, tmp_path):
     write_mnist(tmp_path, train_per_class=8, test_per_class=2)
     data = {**DATA, "source": "torchvision",
             "torchvision": {"name": "MNIST", "root": str(tmp_path)}}
-    manifest = nodes.ingest_images(listing, None, data)  # the folder listing is not read
+    manifest = nodes.ingest(listing, None, None, data)  # the folder listing is not read
     assert len(manifest) == 100
     assert manifest["path"].str.startswith("torchvision://MNIST/").all()
     frame, label_map, _, report, _, _ = transform(manifest, data)
@@ -129,7 +129,7 @@ def test_groups_of_a_manifest_stay_in_one_split(small_digits):
                           "patient": [f"p{i // 4}" for i in range(len(paths))]})
     data = {**DATA, "source": "manifest",
             "split": {**DATA["split"], "group_column": "patient"}}
-    frame = transform(nodes.ingest_images(None, ImageTable(table, str(small_digits)), data),
+    frame = transform(nodes.ingest(None, ImageTable(table, str(small_digits)), None, data),
                       data)[0]
     assert (frame.groupby("patient")["split"].nunique() == 1).all()
     assert frame["patient"].nunique() == 50
@@ -175,7 +175,7 @@ def test_manifest_paths_with_no_file_stop_the_run_naming_them(small_digits):
                                                       sorted(small_digits.glob("0/*.png"))]],
                           "label": "0"})
     data = {**DATA, "source": "manifest"}
-    manifest = nodes.ingest_images(None, ImageTable(table, str(small_digits)), data)
+    manifest = nodes.ingest(None, ImageTable(table, str(small_digits)), None, data)
     with pytest.raises(ValueError, match=r"1 listed images have no file behind them: .*missing"):
         transform(manifest, data)
 
@@ -194,10 +194,10 @@ def test_dataloaders_yield_normalized_batches(transformed):
 
 def test_build_model_loads_pretrained_tensors_except_a_mismatched_head(caplog):
     label_map = {str(d): d for d in range(10)}
-    donor = nodes.build_model({"a": 0, "b": 1, "c": 2}, DATA, MODEL, TRAINING, None)
+    donor = nodes.build_model({"a": 0, "b": 1, "c": 2}, {}, DATA, MODEL, TRAINING, None)
     prefixed = {f"module.{k}": v for k, v in donor.state_dict().items()}
     with caplog.at_level("INFO"):
-        model = nodes.build_model(label_map, DATA, MODEL, TRAINING, prefixed)
+        model = nodes.build_model(label_map, {}, DATA, MODEL, TRAINING, prefixed)
     torch.testing.assert_close(model.features[0].weight, donor.features[0].weight)
     assert model.classifier[1].weight.shape == (10, 16)
     assert "classifier.1.weight (file (3, 16), model (10, 16))" in caplog.text
@@ -205,7 +205,8 @@ def test_build_model_loads_pretrained_tensors_except_a_mismatched_head(caplog):
 
 def test_build_model_refuses_a_path_the_catalog_did_not_load():
     with pytest.raises(ValueError, match=r"model\.pretrained_path"):
-        nodes.build_model({"a": 0}, DATA, {**MODEL, "pretrained_path": "w.pt"}, TRAINING, None)
+        nodes.build_model({"a": 0}, {}, DATA, {**MODEL, "pretrained_path": "w.pt"}, TRAINING,
+                          None)
 
 
 def test_nodes_name_the_yaml_key_of_a_bad_parameter(transformed):
@@ -224,6 +225,7 @@ def run_catalog(images, tmp_path, training=TRAINING, **persisted) -> DataCatalog
         {
             "raw_images": ImageFolderDataset(path=str(images)),
             "raw_manifest": ImageTableDataset(filepath=None),
+            "raw_table": MemoryDataset(None),
             "previous_image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
             "image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
             "training_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
@@ -259,17 +261,22 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     assert sum(c["support"] for c in report["per_class"].values()) == test_size
     metrics = catalog.load("test_metrics")
     assert metrics["test_accuracy"] == {"value": report["accuracy"], "step": 0}
-    assert {"test_per_class/precision_3", "test_per_class/recall_3",
-            "test_per_class/f1_3"} <= set(metrics)
+    assert not [name for name in metrics if name.startswith("test_per_class")]  # a table now
+    per_class = catalog.load("per_class_table")
+    assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
+    assert list(per_class["class"]) == list(report["per_class"])
+    assert list(per_class["support"]) == [c["support"] for c in report["per_class"].values()]
     assert report["top_k"] == 2
     assert report["accuracy"] <= report["top_k_accuracy"] <= 1
     assert 0 <= report["calibration"]["ece"] <= 1
     assert {"test_top2_accuracy", "test_ece", "test_macro_f1", "test_weighted_recall"} <= set(
         metrics
     )
-    for figure in ("confusion_matrix_plot", "learning_curve_plot", "reliability_diagram",
-                   "per_class_metrics_plot", "prediction_gallery"):
-        assert isinstance(catalog.load(figure), Figure), figure
+    plots = catalog.load("evaluation_plots")
+    assert set(plots) == {"confusion_matrix.png", "learning_curve.png",
+                          "reliability_diagram.png", "per_class_metrics.png",
+                          "prediction_gallery.png"}
+    assert all(isinstance(figure, Figure) for figure in plots.values())
     predictions = catalog.load("test_predictions")
     assert list(predictions.columns) == ["path", "true", "predicted", "probability", "entropy"]
     assert len(predictions) == test_size
@@ -280,10 +287,10 @@ def test_pipeline_trains_and_evaluates_on_real_images(small_digits, tmp_path):
     spec = catalog.load("model_spec")
     assert spec == {"model_name": "small_cnn", "channels": 1, "image_size": 8, "mean": [0.5],
                     "std": [0.5], "model_kwargs": {"width": 8}, "load_size": None,
-                    "eval_transforms": []}
+                    "eval_transforms": [], "task": "image_classification"}
     packaged = catalog.load("mlflow_model")
     assert packaged["registered_model_name"] == "digits"
-    assert packaged["metrics"] == {"test_accuracy": report["accuracy"]}
+    assert packaged["metrics"]["test_accuracy"] == report["accuracy"]
     assert packaged["model_spec"] == spec
 
 

@@ -29,6 +29,7 @@ def test_a_study_runs_on_data_prepared_once_and_reaches_the_catalog(small_digits
     catalog = DataCatalog({
         "raw_images": ImageFolderDataset(path=str(small_digits)),
         "raw_manifest": MemoryDataset(None),
+        "raw_table": MemoryDataset(None),
         "previous_image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
         "image_cache": ImageStoreDataset(path=str(tmp_path / "cache")),
         "pretrained_state_dict": MemoryDataset(None),

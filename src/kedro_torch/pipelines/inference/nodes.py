@@ -1,5 +1,6 @@
-"""Thin Kedro node: the trained model, its spec and label map from the catalog, one
-folder of images in, a predictions table and a table of unreadable files out."""
+"""Thin Kedro node: the trained model, its spec and label map from the catalog, new
+samples in (a folder of images, or a table), a predictions table and a table of the
+samples that could not be read out."""
 
 from __future__ import annotations
 
@@ -9,32 +10,34 @@ from typing import Any
 import pandas as pd
 import torch
 
-from kedro_torch.pytorch import engine
+from kedro_torch.pytorch import engine, tasks
 from kedro_torch.pytorch.config import InferenceConfig, parse
-from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec, image_files
 
 logger = logging.getLogger(__name__)
 
 
-def predict_folder(
+def predict(
     listing: pd.DataFrame,
+    table: pd.DataFrame | None,
     state_dict: dict[str, torch.Tensor],
     model_spec: dict[str, Any],
     label_map: dict[str, int],
     inference_params: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predict every image under the folder; report the files that do not decode."""
-    config = parse(InferenceConfig, inference_params, "inference")
-    images = image_files(listing)
-    classifier = ImageClassifier.from_state_dict(
-        state_dict, ModelSpec.from_dict(model_spec), label_map, engine.resolve_device("auto")
-    )
-    predictions, failures = classifier.predict_paths(
-        images["path"].tolist(), config.top_k, config.batch_size
-    )
-    relative = images["relative_path"]
-    predictions.insert(1, "relative_path", relative[predictions.index].to_numpy())
-    failures.insert(1, "relative_path", relative[failures.index].to_numpy())
-    logger.info("Predicted %d images; %d could not be read%s", len(predictions), len(failures),
-                " (see inference_failures)" if len(failures) else "")
-    return predictions.reset_index(drop=True), failures.reset_index(drop=True)
+    """Predict every image under the folder, or every row of the table, as the trained
+    model's task reads its samples; report what could not be read."""
+    spec = tasks.load_spec(model_spec)
+    task = tasks.create(spec.task, getattr(spec, "preprocessing", None))
+    samples = table if "table" in task.sources else listing
+    if samples is None:
+        raise ValueError(
+            f"the trained model ({spec.task}) predicts a table, but the catalog entry "
+            "'inference_table' loaded nothing: pass it at run time (--params "
+            "inference_table_path=table.csv) or set the entry in conf/local/catalog.yml")
+    predictions, failures = task.predict(
+        state_dict, spec, label_map, samples, parse(InferenceConfig, inference_params,
+                                                    "inference"),
+        engine.resolve_device("auto"))
+    logger.info("Predicted %d samples; %d could not be read%s", len(predictions),
+                len(failures), " (see inference_failures)" if len(failures) else "")
+    return predictions, failures

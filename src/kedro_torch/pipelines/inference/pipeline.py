@@ -7,9 +7,9 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             node(
-                nodes.predict_folder,
-                ["inference_images", "trained_state_dict", "model_spec", "label_map",
-                 "params:inference"],
+                nodes.predict,
+                ["inference_images", "inference_table", "trained_state_dict", "model_spec",
+                 "label_map", "params:inference"],
                 ["inference_predictions", "inference_failures"],
                 name="predict",
             ),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from kedro_torch.pytorch import api, data
+from kedro_torch.pytorch import api, data, sources, tasks
 from kedro_torch.pytorch.cache import ImageStore
 from kedro_torch.pytorch.checkpoints import CheckpointStore
 from kedro_torch.pytorch.config import (
@@ -26,60 +26,55 @@ from kedro_torch.pytorch.config import (
     TrainingConfig,
     parse,
 )
-from kedro_torch.pytorch.inference import ModelSpec
 from kedro_torch.tracking.callbacks import MlflowEpochLogger
 
 
-def ingest_images(
-    image_folder: pd.DataFrame, image_table: data.ImageTable | None, data_params: dict[str, Any]
+def ingest(
+    image_folder: pd.DataFrame, image_table: data.ImageTable | None,
+    raw_table: pd.DataFrame | None, data_params: dict[str, Any]
 ) -> pd.DataFrame:
-    """Folder listing, image table or torchvision dataset (``data.source``) -> manifest
-    of images."""
+    """Folder listing, image table, torchvision dataset or a table of samples
+    (``data.source``) -> the manifest of images, or the table."""
     config = parse(DataConfig, data_params, "data")
-    if config.source == "folder":
-        return data.manifest_from_listing(image_folder)
-    if config.source == "torchvision":
-        return api.image_source(config).manifest()
-    if image_table is None:
-        raise ValueError(
-            "data.source is 'manifest' but the catalog entry 'raw_manifest' loaded nothing: "
-            "pass the table at run time (--params raw_manifest_path=images.csv) or set the "
-            "entry's filepath in conf/local/catalog.yml"
-        )
-    manifest = config.manifest
-    return data.manifest_from_table(image_table, manifest.path_column, manifest.label_column)
+    source = sources.get(config.source)
+    loaded = {"raw_images": image_folder, "raw_manifest": image_table, "raw_table": raw_table}
+    return source.ingest(loaded.get(source.entry), config)
 
 
 def prepare_model_input(
     manifest: pd.DataFrame, previous_image_cache: ImageStore, data_params: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, int], dict, dict, ImageStore, ImageStore]:
-    """Check every image once, set unreadable ones aside, encode labels and split.
+    """Check every sample once, set unusable ones aside, encode targets, split, and fit
+    the preprocessing on the training split.
 
-    Returns the model input, the label map, the normalization statistics, the
-    data-quality report, the decoded images for the DataLoaders (``data.cache``)
-    and the on-disk cache to save (left as it was unless ``data.cache`` is disk).
+    Returns the model input, the label map, the preprocessing (images' normalization,
+    a table's coding), the data-quality report, the decoded images for the DataLoaders
+    (``data.cache``) and the on-disk cache to save (left as it was unless
+    ``data.cache`` is disk).
     """
     prepared = api.prepare_data(manifest, parse(DataConfig, data_params, "data"),
                                 previous_image_cache)
-    return (prepared.model_input, prepared.label_map, prepared.normalization, prepared.report,
+    return (prepared.model_input, prepared.label_map, prepared.preprocessing, prepared.report,
             prepared.images, prepared.on_disk)
 
 
 def build_dataloaders(
     model_input: pd.DataFrame,
-    normalization: dict,
+    preprocessing: dict,
     decoded_images: ImageStore,
     data_params: dict[str, Any],
     training_params: dict[str, Any],
 ) -> dict[str, DataLoader]:
-    """One DataLoader per split, reading decoded images from the store where it has them."""
+    """One loader per split; image loaders read decoded images from the store where it
+    has them."""
     training = parse(TrainingConfig, training_params, "training")
-    return api.build_loaders(model_input, normalization, parse(DataConfig, data_params, "data"),
+    return api.build_loaders(model_input, preprocessing, parse(DataConfig, data_params, "data"),
                              training.seed, images=decoded_images, device=training.device)
 
 
 def build_model(
     label_map: dict[str, int],
+    preprocessing: dict,
     data_params: dict[str, Any],
     model_params: dict[str, Any],
     training_params: dict[str, Any],
@@ -93,8 +88,8 @@ def build_model(
             "loaded nothing: pass the path at run time (--params model.pretrained_path=...) "
             "or set the entry's filepath in conf/local/catalog.yml"
         )
-    return api.build_model(config, len(label_map), parse(DataConfig, data_params, "data").channels,
-                           parse(TrainingConfig, training_params, "training").seed,
+    return api.build_model(config, parse(DataConfig, data_params, "data"), label_map,
+                           preprocessing, parse(TrainingConfig, training_params, "training").seed,
                            pretrained_state_dict)
 
 
@@ -104,7 +99,7 @@ def train_model(
     checkpoints: CheckpointStore,
     model_input: pd.DataFrame,
     label_map: dict[str, int],
-    normalization: dict,
+    preprocessing: dict,
     data_params: dict[str, Any],
     model_params: dict[str, Any],
     training_params: dict[str, Any],
@@ -116,11 +111,12 @@ def train_model(
     training = parse(TrainingConfig, training_params, "training")
     identity = api.training_identity(data_config, model_config, training, model_input)
     tracker = MlflowEpochLogger()
+    task = tasks.create(data_config.task, preprocessing)
     result = api.fit(model, dataloaders, training, num_classes=len(label_map),
                      model_config=model_config, callbacks=[tracker],
                      checkpoints=api.checkpoints_for(checkpoints, identity, training),
-                     checkpoint_tags=tracker.checkpoint_tags)
-    spec = ModelSpec.from_configs(model_config, data_config, normalization)
+                     checkpoint_tags=tracker.checkpoint_tags, task=task)
+    spec = task.spec(model_config, data_config, preprocessing)
     return result.state_dict, pd.DataFrame(result.history), spec.to_dict()
 
 
@@ -135,20 +131,18 @@ def evaluate_model(
     training_params: dict[str, Any],
     evaluation_params: dict[str, Any],
 ) -> dict[str, Any]:
-    """The saved weights on the test split: report, MLflow metrics, per-image table, figures.
-
-    Everything comes from the catalog's saved files, so ``--from-nodes evaluate``
-    re-evaluates the latest trained model.
-    """
+    """The saved weights on the test split: the task's report, metrics, tables and
+    figures. All read from saved files: ``--from-nodes evaluate`` reruns it."""
     evaluation = api.evaluate(
-        state_dict, ModelSpec.from_dict(model_spec), model_input, label_map,
+        state_dict, tasks.load_spec(model_spec), model_input, label_map,
         parse(EvaluationConfig, evaluation_params, "evaluation"),
         data_config=parse(DataConfig, data_params, "data"), history=history.to_dict("records"),
         images=image_cache, device=parse(TrainingConfig, training_params, "training").device,
     )
     metrics = {name: {"value": value, "step": 0} for name, value in evaluation.metrics.items()}
     return {"report": evaluation.report, "metrics": metrics,
-            "predictions": evaluation.predictions, **evaluation.figures}
+            "predictions": evaluation.predictions, "per_class": evaluation.per_class,
+            "plots": {f"{name}.png": figure for name, figure in evaluation.figures.items()}}
 
 
 def package_model(
@@ -156,11 +150,14 @@ def package_model(
     model_spec: dict[str, Any],
     label_map: dict[str, int],
     evaluation_report: dict,
+    model_input: pd.DataFrame,
     inference_params: dict[str, Any],
     mlflow_params: dict[str, Any],
 ) -> dict[str, Any]:
     """The saved model with what serving it needs, for the MLflow model registry."""
     inference = parse(InferenceConfig, inference_params, "inference")
+    spec = tasks.load_spec(model_spec)
+    task = tasks.create(spec.task, getattr(spec, "preprocessing", None))
     return {
         "state_dict": state_dict,
         "model_spec": model_spec,
@@ -169,5 +166,6 @@ def package_model(
         "batch_size": inference.batch_size,
         "registered_model_name": parse(MlflowConfig, mlflow_params, "mlflow")
         .registered_model_name,
-        "metrics": {"test_accuracy": evaluation_report["accuracy"]},
+        "metrics": task.test_metrics(evaluation_report),
+        "input_example": task.input_example(model_input),
     }

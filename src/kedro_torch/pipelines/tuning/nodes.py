@@ -23,7 +23,7 @@ from kedro_torch.tracking.tuning import final_model_in_nested_run, in_nested_run
 
 
 def tune(
-    model_input: pd.DataFrame, label_map: dict[str, int], normalization: dict,
+    model_input: pd.DataFrame, label_map: dict[str, int], preprocessing: dict,
     decoded_images: ImageStore, pretrained_state_dict: dict[str, torch.Tensor] | None,
     study_storage: str, data_params: dict[str, Any], model_params: dict[str, Any],
     training_params: dict[str, Any], tuning_params: dict[str, Any],
@@ -32,7 +32,7 @@ def tune(
     catalog's ``study_storage``); return its best parameters, metrics, trials and plots."""
     config = parse(TuningConfig, tuning_params, "tuning")
     parameters = {"data": data_params, "model": model_params, "training": training_params}
-    objective = tuning.Objective(parameters, config, model_input, label_map, normalization,
+    objective = tuning.Objective(parameters, config, model_input, label_map, preprocessing,
                                  decoded_images, pretrained_state_dict)
     summary = tuning.run_study(objective, config.storage or study_storage, in_nested_runs)
     # Printed, not logged: the log wraps long lines, and this one is for copying.
@@ -45,7 +45,7 @@ def tune(
 
 def train_final_model(
     best_params: dict[str, Any], model_input: pd.DataFrame, label_map: dict[str, int],
-    normalization: dict, decoded_images: ImageStore,
+    preprocessing: dict, decoded_images: ImageStore,
     pretrained_state_dict: dict[str, torch.Tensor] | None, data_params: dict[str, Any],
     model_params: dict[str, Any], training_params: dict[str, Any],
     tuning_params: dict[str, Any], evaluation_params: dict[str, Any],
@@ -57,7 +57,7 @@ def train_final_model(
     if not config.retrain_best:
         return
     parameters = {"data": data_params, "model": model_params, "training": training_params}
-    objective = tuning.Objective(parameters, config, model_input, label_map, normalization,
+    objective = tuning.Objective(parameters, config, model_input, label_map, preprocessing,
                                  decoded_images, pretrained_state_dict)
     final_model_in_nested_run(
         objective, best_params, parse(EvaluationConfig, evaluation_params, "evaluation"),

@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 nodes.tune,
-                ["model_input", "label_map", "normalization", "decoded_images",
+                ["model_input", "label_map", "preprocessing", "decoded_images",
                  "pretrained_state_dict", "study_storage", "params:data", "params:model",
                  "params:training", "params:tuning"],
                 {
@@ -26,7 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.train_final_model,
-                ["best_params", "model_input", "label_map", "normalization", "decoded_images",
+                ["best_params", "model_input", "label_map", "preprocessing", "decoded_images",
                  "pretrained_state_dict", "params:data", "params:model", "params:training",
                  "params:tuning", "params:evaluation", "params:inference", "params:mlflow"],
                 None,

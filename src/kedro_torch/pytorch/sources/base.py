@@ -1,0 +1,43 @@
+"""What a data source is to the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from kedro_torch.pytorch import images
+
+
+class Source:
+    """Where a run's samples come from; override what differs."""
+
+    # The catalog entry the source reads (None: it reads none), and the runtime
+    # parameter that names its path.
+    entry: ClassVar[str | None] = None
+    path_parameter: ClassVar[str | None] = None
+
+    def ingest(self, loaded: Any, config: Any) -> pd.DataFrame:
+        """What the catalog entry loaded -> the table of samples the task prepares."""
+        raise NotImplementedError
+
+    def samples(self, config: Any) -> images.ImageSource:
+        """What reads the images a manifest names: files by default."""
+        return images.FILES
+
+    def describe(self, config: Any) -> dict[str, Any]:
+        """Where the samples came from, for the data-quality report."""
+        return {"type": config.source}
+
+    def judge(self, loaded: Any, config: Any, name: str | None) -> None:
+        """Refuse, before the run starts, what the run could not use (a
+        :class:`~kedro_torch.pytorch.data.DataError` naming every problem); ``name`` is
+        where it was read from, as the user would write it."""
+
+    def open(self, config: Any) -> None:
+        """Check, before the run, that what the source reads by itself (not through a
+        catalog entry) is there."""
+
+    def location(self, config: Any) -> str | None:
+        """Where the samples are read from, when no catalog entry says it."""
+        return None

@@ -1,0 +1,27 @@
+"""A CSV or Parquet table of image paths and labels (the catalog's ``raw_manifest``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kedro_torch.pytorch import data
+from kedro_torch.pytorch.config import DataConfig
+from kedro_torch.pytorch.sources.base import Source
+
+
+class ManifestSource(Source):
+    entry = "raw_manifest"
+    path_parameter = "raw_manifest_path"
+
+    def ingest(self, loaded: data.ImageTable | None, config: DataConfig) -> pd.DataFrame:
+        if loaded is None:
+            raise ValueError(
+                "data.source is 'manifest' but the catalog entry 'raw_manifest' loaded "
+                "nothing: pass the table at run time (--params raw_manifest_path=images.csv) "
+                "or set the entry's filepath in conf/local/catalog.yml"
+            )
+        return data.manifest_from_table(loaded, config.manifest.path_column,
+                                        config.manifest.label_column)
+
+    def judge(self, loaded: data.ImageTable, config: DataConfig, name: str | None) -> None:
+        data.judge_table(loaded, config, name)

@@ -1,0 +1,25 @@
+"""A table of samples: any catalog entry that loads a pandas DataFrame (``raw_table``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from kedro_torch.pytorch.config import DataConfig
+from kedro_torch.pytorch.sources.base import Source
+
+
+class TableSource(Source):
+    entry = "raw_table"
+    path_parameter = "raw_table_path"
+
+    def ingest(self, loaded: pd.DataFrame | None, config: DataConfig) -> pd.DataFrame:
+        if loaded is None:
+            raise ValueError(
+                "data.source is 'table' but the catalog entry 'raw_table' loaded nothing: "
+                "pass the table at run time (--params raw_table_path=table.csv) or set the "
+                "entry in conf/local/catalog.yml (any dataset that loads a pandas DataFrame)"
+            )
+        if not isinstance(loaded, pd.DataFrame):
+            raise ValueError(f"data.source is 'table' but the catalog entry 'raw_table' "
+                             f"loaded a {type(loaded).__name__}, not a pandas DataFrame")
+        return loaded
