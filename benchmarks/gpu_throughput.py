@@ -167,7 +167,8 @@ class SameBatch:
 def timed_fit(loader, setting: Setting, args: argparse.Namespace, num_classes: int,
               device: torch.device) -> tuple[float, float]:
     """Images per second of the timed steps, and the share of them spent waiting for data."""
-    model = api.build_model(ModelConfig(name=args.model), num_classes, 3, seed=0)
+    model = api.build_model(ModelConfig(name=args.model), DataConfig(channels=3),
+                            {str(index): index for index in range(num_classes)}, {}, seed=0)
     config = TrainingConfig(
         epochs=1, device=device.type, precision=setting.precision,
         channels_last=setting.channels_last, compile=setting.compile,

@@ -41,8 +41,8 @@ def images_per_second(prepared: api.PreparedData, data_config: DataConfig,
                       model_config: ModelConfig, training: TrainingConfig) -> float:
     built = api.build_loaders(prepared.model_input, prepared.preprocessing, data_config,
                               training.seed, images=prepared.images, device=training.device)
-    model = api.build_model(model_config, len(prepared.label_map), data_config.channels,
-                            training.seed)
+    model = api.build_model(model_config, data_config, prepared.label_map,
+                            prepared.preprocessing, training.seed)
     timer = EpochTimer()
     api.fit(model, built, training, num_classes=len(prepared.label_map), callbacks=[timer])
     images = len(built["train"].dataset)  # every rank's shard together, padding aside

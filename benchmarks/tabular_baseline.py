@@ -5,7 +5,7 @@ training API with the parameters of ``--env penguins`` (species: test accuracy) 
 ``--env penguins_mass`` (body mass: test R²), beside scikit-learn's
 HistGradientBoosting fitted on the same training rows (raw values: it handles missing
 numbers and categories itself) and scored on the same test rows. Both take the split
-the pipeline makes, from ``tables.prepare_table``.
+the pipeline makes (``api.prepare_data``, which calls ``tables.prepare_table``).
 
 Speed: training rows per second of one epoch through the plain API's loop (``fit`` on
 ``TensorBatches``) and of the loop below, which is what one would write by hand, on a

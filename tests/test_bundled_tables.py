@@ -1,5 +1,5 @@
 """The bundled penguins table: its writer reproduces the committed file, and the conf
-envs that read it name columns it has."""
+envs that read it name columns it has and a champion metric their task reports."""
 
 import runpy
 
@@ -34,13 +34,16 @@ def test_the_table_has_its_columns_and_missing_values_as_empty_cells():
     assert not table["flipper_length_mm"].str.endswith(".0").any()  # whole numbers stay whole
 
 
-@pytest.mark.parametrize(("env", "task", "target"), [
-    ("penguins", "tabular_classification", "species"),
-    ("penguins_mass", "tabular_regression", "body_mass_g"),
+@pytest.mark.parametrize(("env", "task", "target", "champion_metric"), [
+    ("penguins", "tabular_classification", "species", "test_accuracy"),
+    ("penguins_mass", "tabular_regression", "body_mass_g", "test_r2"),
 ])
-def test_each_env_reads_the_table_and_names_its_columns(env, task, target):
+def test_each_env_reads_the_table_and_names_its_columns(env, task, target, champion_metric):
     loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), env=env, **CONFIG_LOADER_ARGS)
     config = parse(DataConfig, loader["parameters"]["data"], "data")
     assert (config.task, config.source, config.table.target) == (task, "table", target)
     assert {config.table.target, *config.table.drop} <= set(COLUMNS)
-    assert loader["catalog"]["raw_table"]["filepath"].endswith("data/01_raw/penguins.csv")
+    catalog = loader["catalog"]
+    assert catalog["raw_table"]["filepath"].endswith("data/01_raw/penguins.csv")
+    # The registry's champion is judged by a metric the task reports.
+    assert catalog["mlflow_model"]["champion_metric"] == champion_metric

@@ -52,9 +52,10 @@ def test_the_api_with_a_runs_parameters_trains_what_the_run_trained(
     prepared = api.prepare_data(manifest, data_config)
     loaders = api.build_loaders(prepared.model_input, prepared.preprocessing, data_config,
                                 training.seed, images=prepared.images)
-    classes = len(prepared.label_map)
-    model = api.build_model(model_config, classes, data_config.channels, training.seed)
-    result = api.fit(model, loaders, training, num_classes=classes, model_config=model_config)
+    model = api.build_model(model_config, data_config, prepared.label_map,
+                            prepared.preprocessing, training.seed)
+    result = api.fit(model, loaders, training, num_classes=len(prepared.label_map),
+                     model_config=model_config)
     spec = ModelSpec.from_configs(model_config, data_config, prepared.preprocessing)
     evaluation = api.evaluate(result.state_dict, spec, prepared.model_input, prepared.label_map,
                               parse(EvaluationConfig, parameters["evaluation"], "evaluation"),

@@ -70,10 +70,10 @@ def test_a_validation_metric_without_a_validation_split_is_refused_where_it_is_n
     ({"scheduler": {"name": "ReduceLROnPlateau", "kwargs": {"patience": "abc"}}},
      r"^training\.scheduler\.kwargs\.patience: a step of ReduceLROnPlateau failed"),
     ({"loss": {"kwargs": {"label_smoothing": "abc"}}},
-     r"^training\.loss\.kwargs\.label_smoothing: CrossEntropyLoss on logits and class-index "
+     r"^training\.loss\.kwargs\.label_smoothing: CrossEntropyLoss on outputs and class-index "
      r"targets failed"),
     ({"loss": {"name": "BCEWithLogitsLoss"}},
-     r"^training\.loss\.name: BCEWithLogitsLoss on logits and class-index targets failed"),
+     r"^training\.loss\.name: BCEWithLogitsLoss on outputs and class-index targets failed"),
     # Refused as the class is built.
     ({"optimizer": {"kwargs": {"betas": [0.9]}}}, r"^training\.optimizer\.kwargs\.betas: AdamW\("),
     ({"optimizer": {"name": "Muon", "fallback": {"name": "AdamW", "kwargs": {"lr": "abc"}}}},
@@ -87,9 +87,9 @@ def test_arguments_are_tried_on_a_probe_at_the_door(settings, message):
 def test_the_loss_is_tried_on_the_targets_of_training_and_of_validation():
     """After MixUp a loss gets soft targets in training, but class indices in validation."""
     mixed = {"data": {"transforms": {"train_batch": [{"name": "MixUp"}]}}}
-    with pytest.raises(ParameterError, match=r"NLLLoss on logits and soft \(MixUp/CutMix\)"):
+    with pytest.raises(ParameterError, match=r"NLLLoss on outputs and soft \(MixUp/CutMix\)"):
         validate_parameters(mixed | training(loss={"name": "NLLLoss"}), {"data", "training"})
-    with pytest.raises(ParameterError, match=r"BCEWithLogitsLoss on logits and class-index"):
+    with pytest.raises(ParameterError, match=r"BCEWithLogitsLoss on outputs and class-index"):
         validate_parameters(mixed | training(loss={"name": "BCEWithLogitsLoss"}),
                             {"data", "training"})
     no_val = {"data": {**mixed["data"], "split": {"train": 0.85, "val": 0}}}

@@ -246,7 +246,7 @@ def _evaluate_as_rank(rank: int, prepared, folder: str) -> None:
         loader = val_loader(prepared, 29, shard=True)
         result = engine.evaluate(TinyNet(), loader, nn.CrossEntropyLoss(), CPU)
         Path(folder, f"rank{rank}.json").write_text(json.dumps(
-            {"loss": result.loss, "accuracy": result.accuracy, "batches": len(loader)}))
+            {"loss": result["loss"], "accuracy": result["accuracy"], "batches": len(loader)}))
     finally:
         distributed.stop()
 
@@ -258,8 +258,8 @@ def test_validation_metrics_over_two_ranks_equal_one_process(digits, tmp_path, o
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["batches"] for r in ranks] == [4, 4]  # 15 and 14 images: each once
     for result in ranks:
-        assert result["loss"] == pytest.approx(alone.loss, abs=1e-6)
-        assert result["accuracy"] == pytest.approx(alone.accuracy, abs=1e-6)
+        assert result["loss"] == pytest.approx(alone["loss"], abs=1e-6)
+        assert result["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-6)
 
 
 def _share_as_rank(rank: int, folder: str, fail: bool) -> None:

@@ -235,8 +235,8 @@ def test_ema_is_the_model_validated_and_handed_back():
         assert torch.allclose(ema[name], tensor, atol=1e-6), name
     assert not same(ema, weights(model))
     loss_fn = nn.CrossEntropyLoss()
-    assert evaluate(trainer.eval_model, val, loss_fn, CPU).loss == history[-1]["val_loss"]
-    assert evaluate(trainer.model, val, loss_fn, CPU).loss != history[-1]["val_loss"]
+    assert evaluate(trainer.eval_model, val, loss_fn, CPU)["loss"] == history[-1]["val_loss"]
+    assert evaluate(trainer.model, val, loss_fn, CPU)["loss"] != history[-1]["val_loss"]
 
 
 # --- early stopping and the best epoch -------------------------------------------------
@@ -336,7 +336,7 @@ def test_a_monitored_validation_metric_without_validation_split_says_so(settings
 def test_an_unknown_monitor_lists_the_valid_metrics():
     model = linear()
     with pytest.raises(ValueError, match=r"^training\.monitor: unknown metric 'val_f1'. Valid: "
-                                         r"train_accuracy, train_loss, val_accuracy, val_loss"):
+                                         r"train_loss, train_accuracy, val_loss, val_accuracy"):
         fit(model, sgd(model), DataLoader(separable(8), batch_size=4), keep_best=True,
             monitor="val_f1")
 

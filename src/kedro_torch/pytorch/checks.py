@@ -158,10 +158,6 @@ def _check_training(training: TrainingConfig, data: DataConfig | None,
         )
 
 
-# The probe's batch: 3 samples, so that (samples,) targets never broadcast against
-# (samples, classes) logits as they would if the two sizes were equal.
-PROBE_CLASSES = 2
-PROBE_LABELS = (0, 1, 0)
 
 
 class _Probe(nn.Module):
@@ -170,12 +166,12 @@ class _Probe(nn.Module):
     biases and a norm layer (no weight decay on them), and a head named ``fc``
     (``head_lr``)."""
 
-    def __init__(self, sparse: bool):
+    def __init__(self, sparse: bool, outputs: int):
         super().__init__()
         self.embedding = nn.EmbeddingBag(4, 4, sparse=sparse)
         self.hidden = nn.Linear(4, 4)
         self.norm = nn.LayerNorm(4)
-        self.fc = nn.Linear(4, PROBE_CLASSES)
+        self.fc = nn.Linear(4, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(torch.tanh(self.hidden(self.embedding(x)))))
@@ -193,32 +189,33 @@ def _step_a_probe(training: TrainingConfig, data: DataConfig | None, main: type)
     in training after MixUp or CutMix, class indices otherwise and in validation. The
     probe's random initialisation leaves the run's random state as it was.
     """
+    task = tasks.create(data.task if data is not None else "image_classification")
     with torch.random.fork_rng(devices=[]), _quiet(optimization.logger):
-        probe = _Probe(sparse=main is torch.optim.SparseAdam)
+        targets = task.probe_targets()
+        plain = next(iter(targets))  # what validation gives, and training without mixing
+        probe = _Probe(main is torch.optim.SparseAdam, task.probe_outputs)
         optimizers = optimization.build_optimizers(probe, training.optimizer)
         schedulers = optimization.build_schedulers(
             optimizers, training.scheduler, training.epochs, steps_per_epoch=1,
             monitor_mode=training.mode,
         )
-        labels = torch.tensor(PROBE_LABELS)
-        loss_fn = optimization.build_loss(training.loss, labels, PROBE_CLASSES)
-        targets = {"class-index": labels,
-                   "soft (MixUp/CutMix)": nn.functional.one_hot(labels, PROBE_CLASSES).float()}
-        mixed = data is not None and bool(data.transforms.train_batch)
-        trained_on = "soft (MixUp/CutMix)" if mixed else "class-index"
+        loss_fn = optimization.build_loss(training.loss, targets[plain], probe.fc.out_features,
+                                          default=task.default_loss)
+        mixed = data is not None and bool(data.transforms.train_batch) and len(targets) > 1
+        trained_on = list(targets)[1] if mixed else plain
         validated = data is None or data.split.val > 0
         inputs = torch.tensor([[0, 1], [2, 3], [1, 2]])
 
         def closure(kind: str = trained_on) -> torch.Tensor:
             for optimizer in optimizers:
                 optimizer.zero_grad()
-            loss = loss_fn(probe(inputs), targets[kind])
+            loss = task.step(probe, inputs, targets[kind], loss_fn)[1]
             loss.backward()
             return loss
 
         loss_key = "training.loss.kwargs" if training.loss.kwargs else "training.loss.name"
-        for kind in sorted({trained_on, "class-index"} if validated else {trained_on}):
-            _attempt(loss_key, f"{type(loss_fn).__name__} on logits and {kind} targets",
+        for kind in sorted({trained_on, plain} if validated else {trained_on}):
+            _attempt(loss_key, f"{type(loss_fn).__name__} on outputs and {kind} targets",
                      lambda kind=kind: closure(kind))
         keys = ("training.optimizer.kwargs", "training.optimizer.fallback.kwargs")
         for optimizer, key in zip(optimizers, keys, strict=False):

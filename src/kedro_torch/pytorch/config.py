@@ -584,9 +584,11 @@ class TuningConfig:
 
     @functools.cached_property
     def dimensions(self) -> dict[str, SearchDimension]:
-        """``space``'s entries by dotted parameter name, each parsed and checked."""
+        """``space``'s entries by dotted parameter name, each parsed and checked. An
+        entry set to null is not searched: a conf env (or ``--params``) removes so an
+        entry of conf/base's space, which a key-by-key merge cannot delete."""
         return {name: parse(SearchDimension, entry, f"tuning.space.{name}")
-                for name, entry in _flat_space(self.space).items()}
+                for name, entry in _flat_space(self.space).items() if entry is not None}
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:

@@ -82,7 +82,8 @@ def trial_configs(parameters: Mapping[str, Any], values: Mapping[str, Any]) -> d
         model, data = configs["model"], configs["data"]
         try:
             with torch.random.fork_rng(devices=[]):
-                models.build_model(model.name, 2, data.channels, **model.kwargs)
+                models.build(model.name, tasks.create(data.task).probe_arguments(data),
+                             model.kwargs)
         except Exception as error:
             raise ParameterError(f"model.kwargs: {model.name}({model.kwargs}) failed: "
                                  f"{error}") from error

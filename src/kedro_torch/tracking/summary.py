@@ -129,8 +129,10 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
 
 
 def _said(metric: str) -> str:
-    """``test_accuracy`` as a reader says it: ``test accuracy``; R² as R²."""
-    return metric.replace("_", " ").replace("r2", "R²")
+    """``test_accuracy`` as a reader says it: ``test accuracy``; R², RMSE and MAE as
+    they are written."""
+    words = metric.split("_")
+    return " ".join({"r2": "R²", "rmse": "RMSE", "mae": "MAE"}.get(w, w) for w in words)
 
 
 def ui_hint(tracking_uri: str, project: Path, experiment_id: str, run_id: str) -> str:

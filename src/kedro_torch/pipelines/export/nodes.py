@@ -10,9 +10,8 @@ import pandas as pd
 import torch
 from torch.export import ExportedProgram
 
-from kedro_torch.pytorch import api, export
+from kedro_torch.pytorch import api, export, tasks
 from kedro_torch.pytorch.config import DataConfig, ExportConfig, parse
-from kedro_torch.pytorch.inference import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -21,10 +20,11 @@ def export_model(
     state_dict: dict[str, torch.Tensor], model_spec: dict[str, Any], label_map: dict[str, int]
 ) -> tuple[torch.jit.ScriptModule, ExportedProgram]:
     """TorchScript and torch.export versions of the trained model, on the CPU."""
-    spec = ModelSpec.from_dict(model_spec)
-    model = spec.build_model(state_dict, len(label_map))
-    example = torch.zeros(2, spec.channels, spec.image_size, spec.image_size)
-    return export.to_torchscript(model), export.to_exported_program(model, example)
+    spec = tasks.load_spec(model_spec)
+    task = tasks.create(spec.task)
+    model = task.trained_model(spec, state_dict, label_map)
+    return (export.to_torchscript(model),
+            export.to_exported_program(model, task.example_input(spec, 2)))
 
 
 def verify_exports(
@@ -41,14 +41,14 @@ def verify_exports(
     batch size, on the test images read as training read them (``data.source``); an
     export that differs by more than the tolerance fails the run."""
     config = parse(ExportConfig, export_params, "export")
-    spec = ModelSpec.from_dict(model_spec)
+    spec = tasks.load_spec(model_spec)
     report = export.compare_with_eager(
-        spec.build_model(state_dict, len(label_map)),
+        tasks.create(spec.task).trained_model(spec, state_dict, label_map),
         {"torchscript": torchscript_model, "exported_program": exported_program.module()},
         api.split_batch(model_input, spec, parse(DataConfig, data_params, "data")),
         config.batch_sizes, config.tolerance,
     )
-    logger.info("Exports vs eager on %d test images: %s", report["images"],
+    logger.info("Exports vs eager on %d test samples: %s", report["images"],
                 report["max_abs_difference"])
     export.require_within_tolerance(report)
     return report

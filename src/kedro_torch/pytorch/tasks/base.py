@@ -98,6 +98,14 @@ class Task:
         arguments are checked before the data is read."""
         raise NotImplementedError
 
+    # The outputs of the parameter checks' probe model, which :meth:`probe_targets` fit.
+    probe_outputs: ClassVar[int]
+
+    def probe_targets(self) -> dict[str, torch.Tensor]:
+        """Targets of each kind the loss meets, for a batch of 3 (the plain kind first):
+        the parameter checks take a step on them before any data is read."""
+        raise NotImplementedError
+
     def spec(self, model: Any, config: Any, preprocessing: Mapping[str, Any]) -> Spec:
         """The spec that rebuilds the trained model and its preprocessing."""
         raise NotImplementedError
@@ -118,6 +126,15 @@ class Task:
                 device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The inference pipeline's predictions for new samples (a folder listing of
         images, a table), and the samples that could not be read, with why."""
+        raise NotImplementedError
+
+    def trained_model(self, spec: Spec, state_dict: Mapping[str, torch.Tensor],
+                      label_map: Mapping[str, int]) -> nn.Module:
+        """The architecture of ``spec`` with exactly these weights, in eval mode."""
+        raise NotImplementedError
+
+    def example_input(self, spec: Spec, batch: int) -> torch.Tensor:
+        """A batch of the model's input shape (zeros), to trace or export it with."""
         raise NotImplementedError
 
     def input_batch(self, model_input: pd.DataFrame, spec: Spec, data_config: Any,
@@ -178,11 +195,20 @@ class Classification(Task):
 
     default_loss = "CrossEntropyLoss"
     headline = ("test_accuracy",)
+    probe_outputs = 2
     metrics: ClassVar[dict[str, Literal["min", "max"]]] = {"accuracy": "max"}
 
     def metric_sums(self, device: torch.device) -> dict[str, torch.Tensor]:
         return super().metric_sums(device) | {
             "correct": torch.zeros((), dtype=torch.long, device=device)}
+
+    def probe_targets(self) -> dict[str, torch.Tensor]:
+        """Class indices, and the soft targets MixUp and CutMix make of them. Three
+        samples of two classes, so that (samples,) targets never broadcast against
+        (samples, classes) logits, as they would if the two sizes were equal."""
+        labels = torch.tensor([0, 1, 0])
+        return {"class-index": labels,
+                "soft (MixUp/CutMix)": nn.functional.one_hot(labels, 2).float()}
 
     def accumulate(self, sums: dict[str, torch.Tensor], outputs: torch.Tensor,
                    targets: torch.Tensor, loss: torch.Tensor) -> None:

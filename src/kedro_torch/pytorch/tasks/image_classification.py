@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from torch import nn
 from torch.utils.data import DataLoader
 
 from kedro_torch.pytorch import (
@@ -110,6 +111,13 @@ class ImageClassification(Classification):
         predictions.insert(1, "relative_path", relative[predictions.index].to_numpy())
         failures.insert(1, "relative_path", relative[failures.index].to_numpy())
         return predictions.reset_index(drop=True), failures.reset_index(drop=True)
+
+    def trained_model(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor],
+                      label_map: Mapping[str, int]) -> nn.Module:
+        return spec.build_model(state_dict, len(label_map))
+
+    def example_input(self, spec: ModelSpec, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, spec.channels, spec.image_size, spec.image_size)
 
     def input_batch(self, model_input: pd.DataFrame, spec: ModelSpec,
                     data_config: DataConfig, split: str) -> torch.Tensor:

@@ -79,6 +79,16 @@ class _Table(Task):
              preprocessing: Mapping[str, Any]) -> TableModelSpec:
         return TableModelSpec(model.name, dict(preprocessing), model.kwargs, self.name)
 
+    def trained_model(self, spec: TableModelSpec, state_dict: Mapping[str, torch.Tensor],
+                      label_map: Mapping[str, int]) -> nn.Module:
+        return spec.build_model(state_dict)
+
+    def example_input(self, spec: TableModelSpec, batch: int) -> torch.Tensor:
+        """Zeros: the mean of every standardized number, and code 0 (unknown) for every
+        category, a valid row whatever the table."""
+        coding = tables.TablePreprocessing.from_dict(spec.preprocessing)
+        return torch.zeros(batch, coding.numeric_width + len(coding.categorical))
+
     def input_batch(self, model_input: pd.DataFrame, spec: TableModelSpec,
                     data_config: DataConfig, split: str) -> torch.Tensor:
         coding = tables.TablePreprocessing.from_dict(spec.preprocessing)
@@ -185,6 +195,7 @@ class TabularRegression(_Table):
     name = "tabular_regression"
     kind = "regression"
     default_loss = "MSELoss"
+    probe_outputs = 1
     headline = ("test_r2", "test_rmse", "test_mae")
     metrics: ClassVar[dict[str, str]] = {"rmse": "min", "mae": "min"}
 
@@ -217,6 +228,9 @@ class TabularRegression(_Table):
 
     def probe_arguments(self, config: DataConfig) -> dict[str, Any]:
         return {"numeric_features": 2, "cardinalities": [3], "num_outputs": 1}
+
+    def probe_targets(self) -> dict[str, torch.Tensor]:
+        return {"value": torch.tensor([0.5, -1.0, 0.25])}
 
     def test_metrics(self, report: dict) -> dict[str, float]:
         return {f"test_{name}": report[name] for name in ("rmse", "mae", "r2")}
