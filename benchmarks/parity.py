@@ -29,10 +29,10 @@ os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from kedro_torch.pytorch import engine, loaders
+from kedro_torch.pytorch.callbacks import RichProgressBar
 from kedro_torch.pytorch.config import DataConfig, OptimizerConfig, TrainingConfig
 from kedro_torch.pytorch.models import SmallCNN
 from kedro_torch.pytorch.optimizers import build_optimizers
-from kedro_torch.pytorch.progress import RichProgressBar
 from kedro_torch.tracking.callbacks import MlflowEpochLogger
 
 DIGITS = Path(__file__).resolve().parents[1] / "data" / "01_raw" / "digits"

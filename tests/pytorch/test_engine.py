@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from kedro_torch.pytorch.callbacks import Callback
 from kedro_torch.pytorch.config import TrainingConfig
 from kedro_torch.pytorch.engine import (
-    Callback,
     Trainer,
     predict,
     resolve_device,
@@ -91,14 +91,27 @@ class Recorder(Callback):
     def __init__(self):
         self.calls = []
 
+    def setup(self, trainer):
+        self.calls.append(("setup", type(trainer).__name__))
+
     def on_fit_start(self, epochs, batches_per_epoch, first_epoch):
         self.calls.append(("fit_start", epochs, batches_per_epoch, first_epoch))
+
+    def should_stop(self):
+        self.calls.append(("should_stop",))
+        return False
 
     def on_epoch_start(self, epoch):
         self.calls.append(("epoch_start", epoch))
 
+    def on_optimizer_step(self):
+        self.calls.append(("optimizer_step",))
+
     def on_batch_end(self):
         self.calls.append(("batch_end",))
+
+    def on_validation_end(self, epoch, metrics):
+        self.calls.append(("validation_end", epoch, dict(metrics)))
 
     def on_epoch_end(self, epoch, metrics):
         self.calls.append(("epoch_end", epoch, dict(metrics)))
@@ -110,12 +123,15 @@ class Recorder(Callback):
 def test_callbacks_are_called_the_right_number_of_times_in_order():
     first, second = Recorder(), Recorder()
     _, history = train_once(seed=0, epochs=2, callbacks=[first, second])
-    batches = 3  # 48 samples in batches of 16
-    epoch_calls = [("batch_end",)] * batches
+    batches = 3  # 48 samples in batches of 16, one optimizer step each
+    epoch_calls = [("optimizer_step",), ("batch_end",)] * batches
     assert first.calls == [
+        ("setup", "Trainer"),
         ("fit_start", 2, batches, 1),
-        ("epoch_start", 1), *epoch_calls, ("epoch_end", 1, history[0]),
-        ("epoch_start", 2), *epoch_calls, ("epoch_end", 2, history[1]),
+        ("should_stop",), ("epoch_start", 1), *epoch_calls,
+        ("validation_end", 1, history[0]), ("epoch_end", 1, history[0]),
+        ("should_stop",), ("epoch_start", 2), *epoch_calls,
+        ("validation_end", 2, history[1]), ("epoch_end", 2, history[1]),
         ("fit_end",),
     ]
     assert second.calls == first.calls

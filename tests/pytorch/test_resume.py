@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from kedro_torch.pytorch.callbacks import EMA, EarlyStopping, from_settings
 from kedro_torch.pytorch.checkpoints import CheckpointStore, UnsafeCheckpointError
 from kedro_torch.pytorch.config import (
     EarlyStoppingConfig,
@@ -40,7 +42,8 @@ def dataset(n: int, seed: int) -> TensorDataset:
 def make_trainer(store: CheckpointStore | None, epochs: int, scheduler: str = "StepLR",
                  device: torch.device = CPU, **settings) -> tuple[Trainer, DataLoader, DataLoader]:
     """A run with everything random that resume must restore: dropout and batch norm, a
-    shuffled loader with its own generator, AdamW's moments, the scheduler's count."""
+    shuffled loader with its own generator, AdamW's moments, the scheduler's count; and
+    the callbacks the settings switch on, as ``api.fit`` runs them."""
     model = SmallCNN(in_channels=1, num_classes=2, width=4, dropout=0.5)
     train = DataLoader(dataset(20, seed=1), batch_size=4, shuffle=True,
                        generator=torch.Generator().manual_seed(5))
@@ -51,9 +54,15 @@ def make_trainer(store: CheckpointStore | None, epochs: int, scheduler: str = "S
               "ReduceLROnPlateau": {"patience": 0, "factor": 0.5}}[scheduler]
     schedulers = build_schedulers(optimizers, SchedulerConfig(scheduler, kwargs), epochs,
                                   len(train), monitor_mode="min")
-    trainer = Trainer(model, optimizers, nn.CrossEntropyLoss(), device,
-                      TrainingConfig(epochs=epochs, **settings), schedulers, checkpoints=store)
+    config = TrainingConfig(epochs=epochs, progress_bar=False, **settings)
+    trainer = Trainer(model, optimizers, nn.CrossEntropyLoss(), device, config, schedulers,
+                      from_settings(config, None, model), checkpoints=store)
     return trainer, train, val
+
+
+def callback(trainer: Trainer, kind: type) -> Any:
+    """The trainer's callback of that kind."""
+    return next(c for c in trainer.callbacks if isinstance(c, kind))
 
 
 def assert_identical(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
@@ -93,7 +102,8 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(variant, tmp_path)
     assert_identical(resumed.model.state_dict(), whole.model.state_dict())
     assert_identical(resumed.eval_model.state_dict(), whole.eval_model.state_dict())
     if "ema_decay" in settings:
-        assert_identical(resumed.ema.state_dict(), whole.ema.state_dict())
+        assert_identical(callback(resumed, EMA).averaged.state_dict(),
+                         callback(whole, EMA).averaged.state_dict())
 
 
 CUDA_VARIANTS = {
@@ -156,6 +166,7 @@ class CheckpointReader(Callback):
 
 
 def test_a_checkpoint_is_written_every_epoch_and_holds_the_whole_state(tmp_path):
+    """The loop's state, and beside it its callbacks' (here the EMA's)."""
     store = CheckpointStore(str(tmp_path / "checkpoints"))
     seed_everything(0)
     trainer, train, val = make_trainer(store, 3, ema_decay=0.8)
@@ -167,15 +178,12 @@ def test_a_checkpoint_is_written_every_epoch_and_holds_the_whole_state(tmp_path)
     # What load uses, and what a user would call: both with weights_only=True.
     assert store.steps() == ["step-00003-0000000.pt"]  # keep: 1, the newest only
     saved = torch.load(store.path(store.steps()[-1]), weights_only=True)
-    assert set(saved) == {"epoch", "planned_epochs", "history", "best_metric", "best_epoch",
-                          "stale_epochs",
-                          "model", "optimizers", "schedulers", "scaler", "ema", "rng", "tags"}
+    assert set(saved) == {"epoch", "planned_epochs", "history", "model", "optimizers",
+                          "schedulers", "scaler", "rng", "tags", "ema"}
     assert saved["epoch"] == 3
     assert saved["history"] == history
-    best = min(range(3), key=lambda i: history[i]["val_loss"])
-    assert (saved["best_metric"], saved["best_epoch"]) == (history[best]["val_loss"], best + 1)
     assert_identical(saved["model"], trainer.model.state_dict())
-    assert_identical(saved["ema"], trainer.ema.state_dict())
+    assert_identical(saved["ema"], callback(trainer, EMA).averaged.state_dict())
     assert saved["ema"]["n_averaged"] == 3 * len(train)
     assert saved["optimizers"][0]["state"][0]["exp_avg"].shape == \
         trainer.model.features[0].weight.shape
@@ -326,15 +334,18 @@ def test_keep_best_resumes_with_the_best_weights_of_the_first_run(tmp_path):
     seed_everything(0)
     first, train, val = make_trainer(store, 2, keep_best=True)
     history = first.fit(train, val)
-    best_epoch = first.state.best_epoch
-    assert history[best_epoch - 1]["val_loss"] == first.state.best_metric
+    best_epoch = callback(first, EarlyStopping).best_epoch
+    assert history[best_epoch - 1]["val_loss"] == callback(first, EarlyStopping).best_metric
+    saved = store.load()
+    assert (saved["best_metric"], saved["best_epoch"], saved["stale_epochs"]) == (
+        history[best_epoch - 1]["val_loss"], best_epoch, 2 - best_epoch)
     best = store.load("best.pt")
     assert_identical(best, first.model.state_dict())
 
     resumed, train, val = make_trainer(store, 3, keep_best=True,
                                       early_stopping=EarlyStoppingConfig(min_delta=1e9))
     resumed.fit(train, val, resume=True)
-    assert resumed.state.best_epoch == best_epoch
+    assert callback(resumed, EarlyStopping).best_epoch == best_epoch
     assert_identical(resumed.model.state_dict(), best)
 
 

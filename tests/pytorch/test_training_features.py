@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 from torchvision.transforms import v2
 
+from kedro_torch.pytorch.callbacks import EMA, EarlyStopping, FreezeBackbone, from_settings
 from kedro_torch.pytorch.checkpoints import CheckpointStore, state_dict_from
 from kedro_torch.pytorch.config import (
     EarlyStoppingConfig,
@@ -25,7 +26,6 @@ from kedro_torch.pytorch.config import (
 )
 from kedro_torch.pytorch.engine import (
     Callback,
-    FreezeBackbone,
     Trainer,
     evaluate,
     seed_everything,
@@ -71,9 +71,11 @@ def sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
 
 def fit(model, optimizer, train, val=None, callbacks=(), checkpoints=None, loss_fn=None,
         **settings) -> tuple[Trainer, list[dict]]:
-    settings.setdefault("epochs", 1)
-    trainer = Trainer(model, [optimizer], loss_fn or nn.CrossEntropyLoss(), CPU,
-                      TrainingConfig(**settings), callbacks=callbacks, checkpoints=checkpoints)
+    """A Trainer with ``callbacks`` and those ``settings`` switch on, as ``api.fit`` has."""
+    config = TrainingConfig(**{"epochs": 1, "progress_bar": False} | settings)
+    trainer = Trainer(model, [optimizer], loss_fn or nn.CrossEntropyLoss(), CPU, config,
+                      callbacks=[*callbacks, *from_settings(config, None, model)],
+                      checkpoints=checkpoints)
     return trainer, trainer.fit(train, val)
 
 
@@ -223,9 +225,10 @@ def test_ema_is_the_model_validated_and_handed_back():
     after_steps = []
     optimizer.register_step_post_hook(lambda *_: after_steps.append(weights(model)))
     train, val = DataLoader(separable(24), batch_size=8), DataLoader(separable(8, seed=1))
-    trainer, history = fit(model, optimizer, train, val, epochs=2, ema_decay=0.6)
+    ema = EMA(0.6)
+    trainer, history = fit(model, optimizer, train, val, callbacks=[ema], epochs=2)
 
-    assert trainer.eval_model is trainer.ema.module
+    assert trainer.eval_model is ema.averaged.module
     expected = after_steps[0]
     for n, step in enumerate(after_steps[1:], start=1):
         decay = min(0.6, (1 + n) / (10 + n))
@@ -247,16 +250,14 @@ def test_early_stopping_stops_after_patience_and_hands_back_the_best_epoch():
     training stops `patience` epochs after the best one, with the best epoch's weights."""
     seed_everything(0)
     model = mlp()
-    snapshots = Snapshots(model)
-    trainer, history = fit(
-        model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
-        DataLoader(separable(8, seed=1, flip=True)), callbacks=[snapshots], epochs=20,
-        early_stopping=EarlyStoppingConfig(patience=2),
-    )
+    snapshots, stopping = Snapshots(model), EarlyStopping("val_loss", "min", patience=2)
+    _, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
+                     DataLoader(separable(8, seed=1, flip=True)),
+                     callbacks=[snapshots, stopping], epochs=20)
     losses = [row["val_loss"] for row in history]
     best_epoch = losses.index(min(losses)) + 1
     assert len(history) == best_epoch + 2 < 20
-    assert trainer.state.best_epoch == best_epoch
+    assert stopping.best_epoch == best_epoch
     assert same(weights(model), snapshots.by_epoch[best_epoch])
     assert not same(weights(model), snapshots.by_epoch[len(history)])
 
@@ -265,37 +266,37 @@ def test_min_delta_counts_only_real_improvements():
     """A min_delta larger than the loss can fall: no epoch after the first improves."""
     seed_everything(0)
     model = mlp()
-    trainer, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
-                           DataLoader(separable(8, seed=1)), epochs=20,
-                           early_stopping=EarlyStoppingConfig(patience=3, min_delta=10.0))
+    stopping = EarlyStopping("val_loss", "min", patience=3, min_delta=10.0)
+    _, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
+                     DataLoader(separable(8, seed=1)), callbacks=[stopping], epochs=20)
     assert len(history) == 4
     assert history[-1]["val_loss"] < history[0]["val_loss"]  # it did improve, by < 10
-    assert trainer.state.best_epoch == 1
+    assert stopping.best_epoch == 1
 
 
 def test_early_stopping_on_a_maximised_metric():
     seed_everything(0)
     model = mlp()
-    trainer, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
-                           DataLoader(separable(8, seed=1, flip=True)), epochs=20,
-                           monitor="val_accuracy", monitor_mode="max",
-                           early_stopping=EarlyStoppingConfig(patience=2))
+    stopping = EarlyStopping("val_accuracy", "max", patience=2)
+    _, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
+                     DataLoader(separable(8, seed=1, flip=True)), callbacks=[stopping],
+                     epochs=20)
     accuracies = [row["val_accuracy"] for row in history]
-    assert trainer.state.best_metric == max(accuracies)
-    assert trainer.state.best_epoch == accuracies.index(max(accuracies)) + 1
-    assert len(history) == trainer.state.best_epoch + 2
+    assert stopping.best_metric == max(accuracies)
+    assert stopping.best_epoch == accuracies.index(max(accuracies)) + 1
+    assert len(history) == stopping.best_epoch + 2
 
 
 def test_keep_best_hands_back_and_saves_the_best_epoch_not_the_last(tmp_path):
     seed_everything(0)
     model = mlp()
-    snapshots = Snapshots(model)
+    snapshots, best = Snapshots(model), EarlyStopping("val_loss", "min")
     store = CheckpointStore(str(tmp_path / "checkpoints"))
-    trainer, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
-                           DataLoader(separable(8, seed=1, flip=True)), callbacks=[snapshots],
-                           checkpoints=store, epochs=4, keep_best=True)
+    _, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
+                     DataLoader(separable(8, seed=1, flip=True)), callbacks=[snapshots, best],
+                     checkpoints=store, epochs=4)
     assert len(history) == 4
-    best_epoch = trainer.state.best_epoch
+    best_epoch = best.best_epoch
     assert best_epoch < 4
     assert same(weights(model), snapshots.by_epoch[best_epoch])
     assert same(store.load("best.pt"), snapshots.by_epoch[best_epoch])
@@ -313,14 +314,15 @@ def test_without_keep_best_the_last_epoch_is_kept():
 def test_keep_best_with_ema_hands_back_the_best_averaged_weights():
     seed_everything(0)
     model = mlp()
+    best = EarlyStopping("val_loss", "min")
     trainer = Trainer(model, [sgd(model, lr=0.5)], nn.CrossEntropyLoss(), CPU,
-                      TrainingConfig(epochs=4, keep_best=True, ema_decay=0.5))
+                      TrainingConfig(epochs=4), callbacks=[EMA(0.5), best])
     snapshots = Snapshots(trainer.eval_model)
     trainer.callbacks.append(snapshots)
     trainer.fit(DataLoader(separable(24), batch_size=8),
                 DataLoader(separable(8, seed=1, flip=True)))
-    assert trainer.state.best_epoch < 4
-    assert same(weights(trainer.eval_model), snapshots.by_epoch[trainer.state.best_epoch])
+    assert best.best_epoch < 4
+    assert same(weights(trainer.eval_model), snapshots.by_epoch[best.best_epoch])
 
 
 @pytest.mark.parametrize(
@@ -328,8 +330,8 @@ def test_keep_best_with_ema_hands_back_the_best_averaged_weights():
 )
 def test_a_monitored_validation_metric_without_validation_split_says_so(settings):
     model = linear()
-    with pytest.raises(ValueError, match=r"^training\.monitor: early stopping / keep_best "
-                                         r"needs val_loss, but there is no validation split"):
+    with pytest.raises(ValueError, match=r"^training\.monitor: EarlyStopping needs val_loss, "
+                                         r"but there is no validation split"):
         fit(model, sgd(model), DataLoader(separable(8), batch_size=4), **settings)
 
 
@@ -344,9 +346,10 @@ def test_an_unknown_monitor_lists_the_valid_metrics():
 def test_a_train_metric_can_be_monitored_without_validation():
     seed_everything(0)
     model = mlp()
-    trainer, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
-                           epochs=3, keep_best=True, monitor="train_loss")
-    assert trainer.state.best_metric == min(row["train_loss"] for row in history)
+    best = EarlyStopping("train_loss", "min")
+    _, history = fit(model, sgd(model, lr=0.5), DataLoader(separable(24), batch_size=8),
+                     callbacks=[best], epochs=3)
+    assert best.best_metric == min(row["train_loss"] for row in history)
 
 
 # --- memory format, global modes ------------------------------------------------------

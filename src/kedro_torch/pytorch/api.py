@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from kedro_torch.pytorch import distributed, engine, models, optimizers, plots, tasks
 from kedro_torch.pytorch.cache import ImageStore
+from kedro_torch.pytorch.callbacks import from_settings
 from kedro_torch.pytorch.checkpoints import CheckpointStore, differences, load_weights
 from kedro_torch.pytorch.config import (
     DataConfig,
@@ -44,7 +45,6 @@ from kedro_torch.pytorch.config import (
     flatten,
 )
 from kedro_torch.pytorch.interrupts import TrainingInterrupted
-from kedro_torch.pytorch.progress import RichProgressBar
 from kedro_torch.pytorch.tasks.base import Evaluation, PreparedData, Spec, Task
 
 logger = logging.getLogger(__name__)
@@ -279,13 +279,7 @@ def _fit_here(
         config.loss, getattr(train_loader.dataset, "targets", None), num_classes,
         default=task.default_loss,
     )
-    callbacks = list(callbacks)
-    if config.progress_bar and distributed.is_main_process():
-        callbacks.append(RichProgressBar())
-    if model_config is not None and model_config.freeze_backbone:
-        callbacks.append(engine.FreezeBackbone(
-            model, models.head_parameter_names(model), model_config.unfreeze_at_epoch
-        ))
+    callbacks = [*callbacks, *from_settings(config, model_config, model)]
     trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,
                              callbacks, checkpoints, checkpoint_tags, task)
     logger.info("Training %s on %s for %d epochs%s", type(model).__name__, device,
@@ -363,7 +357,8 @@ def _fit_worker(send: Callable[[Any], None], model: nn.Module,
 
 
 class _SendEvents(engine.Callback):
-    """Rank 0's training events, sent to the process that started the workers."""
+    """Rank 0's training events (the ``on_`` hooks), sent to the process that started
+    the workers."""
 
     def __init__(self, send: Callable[[Any], None]):
         self.send = send
@@ -374,8 +369,14 @@ class _SendEvents(engine.Callback):
     def on_epoch_start(self, *args: Any) -> None:
         self.send(("on_epoch_start", args))
 
+    def on_optimizer_step(self) -> None:
+        self.send(("on_optimizer_step", ()))
+
     def on_batch_end(self) -> None:
         self.send(("on_batch_end", ()))
+
+    def on_validation_end(self, *args: Any) -> None:
+        self.send(("on_validation_end", args))
 
     def on_epoch_end(self, *args: Any) -> None:
         self.send(("on_epoch_end", args))

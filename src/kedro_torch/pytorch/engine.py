@@ -1,13 +1,16 @@
 """The training loop.
 
 ``Trainer.fit`` runs epochs of ``train_one_epoch`` and ``evaluate``, the way
-torchvision's reference script does, with the features that script and Lightning
-offer switched on by the ``training`` parameters themselves (:class:`TrainingConfig`,
-read as they are, never copied field by field). It knows nothing of Kedro or MLflow:
-progress leaves through :class:`Callback` objects. Per-batch statistics are summed
-on the device and read once per epoch, so the loop adds no device synchronisation
-beyond what a hand-written loop has (the NaN guard's check is the one exception,
-and it can be turned off).
+torchvision's reference script does, with how each step runs (precision,
+accumulation, clipping, data parallelism) read from the ``training`` parameters
+themselves (:class:`TrainingConfig`, read as they are, never copied field by field).
+The features that script and Lightning offer around the loop (EMA, early stopping
+and keeping the best epoch, a frozen backbone, the progress bar) are
+:class:`Callback` objects, one file each in :mod:`kedro_torch.pytorch.callbacks`,
+which the loop only calls. It knows nothing of Kedro or MLflow: progress leaves
+through callbacks too. Per-batch statistics are summed on the device and read once
+per epoch, so the loop adds no device synchronisation beyond what a hand-written
+loop has (the NaN guard's check is the one exception, and it can be turned off).
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from kedro_torch.pytorch import distributed
+from kedro_torch.pytorch.callbacks.base import Callback
 from kedro_torch.pytorch.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
 from kedro_torch.pytorch.config import TrainingConfig
 from kedro_torch.pytorch.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
@@ -37,39 +40,22 @@ from kedro_torch.pytorch.tasks.base import Classification, Task
 logger = logging.getLogger(__name__)
 
 
-class Callback:
-    """Hooks into :meth:`Trainer.fit`; override only what you need."""
-
-    def on_fit_start(self, epochs: int, batches_per_epoch: int, first_epoch: int) -> None: ...
-
-    def on_epoch_start(self, epoch: int) -> None: ...
-
-    def on_batch_end(self) -> None: ...
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
-
-    def on_fit_end(self) -> None: ...
-
-    def on_resume(self, history: list[dict[str, float]], tags: dict[str, str]) -> None:
-        """Training continues a checkpoint: the epochs it holds and the tags it carries
-        (``Trainer(checkpoint_tags=...)`` of the run that wrote it)."""
-
-
 @dataclass
 class TrainState:
-    """What changes from epoch to epoch and goes into a checkpoint."""
+    """What changes from epoch to epoch and goes into a checkpoint (with what the
+    callbacks keep)."""
 
     epoch: int = 0  # epochs completed
     history: list[dict[str, float]] = field(default_factory=list)
-    best_metric: float | None = None
-    best_epoch: int | None = None
-    stale_epochs: int = 0
 
 
 @dataclass
 class EpochProgress:
     """How far the current epoch has got. An interrupted epoch's checkpoint keeps it,
-    so that a resume replays the epoch's order and continues after the last step."""
+    so that a resume replays the epoch's order and continues after the last step.
+
+    Unlike EMA or early stopping this is no callback: replaying the epoch is how the
+    loop iterates its batches after a resume, not a feature one switches on."""
 
     lr: float  # at the epoch's start, as the history records it
     rng: dict[str, Any]  # random states at the epoch's start, which fix its order
@@ -141,22 +127,6 @@ def float32_on_tensor_cores(device: torch.device, precision: str) -> Iterator[No
         torch.set_float32_matmul_precision(previous)
 
 
-def ema_with_warmup(decay: float):
-    """An EMA update whose decay grows as ``(1 + n) / (10 + n)`` up to ``decay``.
-
-    A fixed decay such as 0.999 would keep most of the random initial weights for
-    the first thousands of steps; warming it up (as timm does) lets the average
-    follow the model from the start and still smooth it later.
-    """
-
-    def update(averaged: torch.Tensor, current: torch.Tensor, steps: torch.Tensor
-               ) -> torch.Tensor:
-        rate = ((1 + steps) / (10 + steps)).clamp(max=decay)
-        return averaged + (current - averaged) * (1 - rate)
-
-    return update
-
-
 @torch.inference_mode()
 def predict(
     model: nn.Module, loader: Iterable, device: torch.device, max_batches: int | None = None
@@ -197,26 +167,16 @@ def _epoch_metrics(task: Task, sums: dict[str, torch.Tensor]) -> dict[str, float
     return task.summarize({name: total.item() for name, total in zip(sums, totals, strict=True)})
 
 
-class FreezeBackbone(Callback):
-    """Trains only the named (head) parameters until ``unfreeze_at_epoch``, if given.
-
-    Frozen parameters get no gradient, so every optimizer leaves them as they are;
-    they stay in the optimizer, so unfreezing needs no new parameter group.
-    """
-
-    def __init__(self, model: nn.Module, trainable: set[str], unfreeze_at_epoch: int | None):
-        self.model, self.trainable, self.unfreeze_at_epoch = model, trainable, unfreeze_at_epoch
-
-    def on_epoch_start(self, epoch: int) -> None:
-        frozen = self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch
-        for name, parameter in self.model.named_parameters():
-            parameter.requires_grad_(not frozen or name in self.trainable)
-        if epoch == self.unfreeze_at_epoch:
-            logger.info("Epoch %d: backbone unfrozen, every parameter trains", epoch)
-
-
 class Trainer:
-    """Fits one model; holds what a checkpoint must restore."""
+    """Fits one model; holds what a checkpoint must restore.
+
+    It runs exactly the ``callbacks`` it is given (``callbacks.from_settings`` builds
+    those the parameters switch on). What they may use: ``model`` (the bare module
+    that trains), ``eval_model`` (the module validated, saved and handed back: the
+    model itself unless a callback's ``setup`` replaces it, as EMA does),
+    ``checkpoints`` (the folder, or None), ``state`` (the epochs done and their rows),
+    ``settings``, ``optimizers`` and ``task``.
+    """
 
     def __init__(
         self,
@@ -252,27 +212,19 @@ class Trainer:
         self.checkpoint_tags = dict(checkpoint_tags or {})  # who wrote it, for a resume
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
-        self.ema = (
-            AveragedModel(self.model, avg_fn=ema_with_warmup(settings.ema_decay),
-                          use_buffers=True)
-            if settings.ema_decay is not None else None
-        )
+        self.state = TrainState()
+        self.eval_model = self.model
+        self.find_unused_parameters = False
+        for callback in self.callbacks:
+            callback.setup(self)
         # DDP (or DataParallel) wraps the model before compiling, as torch.compile's
         # DDP support expects; self.model stays the bare module whose weights are saved.
-        self.parallel_model = distributed.wrap(
-            self.model, device, self.plan,
-            find_unused_parameters=any(isinstance(c, FreezeBackbone) for c in callbacks))
+        self.parallel_model = distributed.wrap(self.model, device, self.plan,
+                                               find_unused_parameters=self.find_unused_parameters)
         self.train_model = (torch.compile(self.parallel_model) if settings.compile
                             else self.parallel_model)
-        self.state = TrainState()
-        self.best_weights: dict[str, torch.Tensor] | None = None
         self._stop = StopRequest()
         self._resumed_rng: dict[str, Any] | None = None
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that are validated, saved and evaluated: the EMA's if there is one."""
-        return self.ema.module if self.ema is not None else self.model
 
     def fit(
         self,
@@ -293,7 +245,8 @@ class Trainer:
             callback.on_fit_start(self.settings.epochs, self._batches(train_loader),
                                   self.state.epoch + 1)
         with self._global_modes(), stop_on_signals() as self._stop:
-            while self.state.epoch < self.settings.epochs and not self._should_stop():
+            while (self.state.epoch < self.settings.epochs
+                   and not any(callback.should_stop() for callback in self.callbacks)):
                 epoch = self.state.epoch + 1
                 for callback in self.callbacks:
                     callback.on_epoch_start(epoch)
@@ -301,7 +254,8 @@ class Trainer:
                 progress = None
                 self.state.epoch = epoch
                 self.state.history.append(row)
-                self._track_best(row)
+                for callback in self.callbacks:
+                    callback.on_validation_end(epoch, row)
                 saved = self._save(self.checkpoint(generators))
                 for callback in self.callbacks:
                     callback.on_epoch_end(epoch, row)
@@ -309,10 +263,6 @@ class Trainer:
                     self._interrupt(epoch, self._batches(train_loader), saved)
         for callback in self.callbacks:
             callback.on_fit_end()
-        if self.settings.restores_best and self.best_weights is not None:
-            logger.info("Keeping epoch %d, best %s = %.5f", self.state.best_epoch,
-                        self.settings.monitor, self.state.best_metric)
-            self.eval_model.load_state_dict(self.best_weights)
         return self.state.history
 
     def _run_epoch(
@@ -455,8 +405,8 @@ class Trainer:
             _clip_grad_norm(parameters, self.settings.clip_grad_norm)
 
     def _after_optimizer_step(self) -> None:
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
+        for callback in self.callbacks:
+            callback.on_optimizer_step()
         for scheduled in self.schedulers:
             if scheduled.interval == "step":
                 scheduled.scheduler.step()
@@ -479,46 +429,22 @@ class Trainer:
     # --- the monitored metric ------------------------------------------------------
 
     def _check_monitor(self, val_loader: DataLoader | None) -> None:
-        needs_monitor = self.settings.restores_best or any(s.on_metric for s in self.schedulers)
-        monitor = self.settings.monitor
-        if needs_monitor and monitor not in self.task.monitors():
-            raise ValueError(f"training.monitor: unknown metric {monitor!r}. Valid: "
-                             f"{', '.join(self.task.monitors())}")
-        if needs_monitor and monitor.startswith("val_") and val_loader is None:
-            users = [s.scheduler.__class__.__name__ for s in self.schedulers if s.on_metric]
-            users += ["early stopping / keep_best"] if self.settings.restores_best else []
-            raise ValueError(
-                f"training.monitor: {', '.join(users)} needs {monitor}, but there is no "
-                "validation split (data.split.val is 0). Add one or monitor a train_ metric."
-            )
-
-    def _track_best(self, row: dict[str, float]) -> None:
-        if self.settings.monitor not in row:
-            return
-        value, best = row[self.settings.monitor], self.state.best_metric
-        delta = self.settings.early_stopping.min_delta
-        improved = best is None or (
-            value < best - delta if self.settings.mode == "min" else value > best + delta
-        )
-        if improved:
-            self.state.best_metric, self.state.best_epoch = value, int(row["epoch"])
-            self.state.stale_epochs = 0
-            if self.settings.restores_best:
-                self.best_weights = {
-                    k: v.detach().cpu().clone() for k, v in self.eval_model.state_dict().items()
-                }
-                if self.checkpoints is not None:
-                    self.checkpoints.save(self.best_weights, "best.pt")
-        else:
-            self.state.stale_epochs += 1
-
-    def _should_stop(self) -> bool:
-        patience = self.settings.early_stopping.patience
-        if patience is not None and self.state.stale_epochs >= patience:
-            logger.info("Early stopping after epoch %d: %s has not improved for %d epochs",
-                        self.state.epoch, self.settings.monitor, patience)
-            return True
-        return False
+        """What watches a metric of the rows (a scheduler on ``training.monitor``, a
+        callback with a ``monitor``) must watch one they will hold, or it would fail, or
+        watch nothing, only after the first epoch."""
+        watched = [(type(s.scheduler).__name__, self.settings.monitor)
+                   for s in self.schedulers if s.on_metric]
+        watched += [(type(c).__name__, c.monitor) for c in self.callbacks if c.monitor is not None]
+        for monitor in dict.fromkeys(metric for _, metric in watched):
+            if monitor not in self.task.monitors():
+                raise ValueError(f"training.monitor: unknown metric {monitor!r}. Valid: "
+                                 f"{', '.join(self.task.monitors())}")
+            if monitor.startswith("val_") and val_loader is None:
+                users = ", ".join(dict.fromkeys(user for user, m in watched if m == monitor))
+                raise ValueError(
+                    f"training.monitor: {users} needs {monitor}, but there is no validation "
+                    "split (data.split.val is 0). Add one or monitor a train_ metric."
+                )
 
     @contextlib.contextmanager
     def _global_modes(self) -> Iterator[None]:
@@ -540,22 +466,26 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------
 
     def checkpoint(self, generators: list[torch.Generator]) -> dict[str, Any]:
-        """Everything needed to continue this run exactly where it stands."""
-        return {
+        """Everything needed to continue this run exactly where it stands: the loop's
+        state and each callback's (``state_dict``), side by side."""
+        state = {
             "epoch": self.state.epoch,
             "planned_epochs": self.settings.epochs,
             "history": self.state.history,
-            "best_metric": self.state.best_metric,
-            "best_epoch": self.state.best_epoch,
-            "stale_epochs": self.state.stale_epochs,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.scheduler.state_dict() for s in self.schedulers],
             "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": capture_rng_state(generators),
             "tags": self.checkpoint_tags,
         }
+        for callback in self.callbacks:
+            own = callback.state_dict()
+            if taken := own.keys() & state.keys():
+                raise ValueError(f"{type(callback).__name__}.state_dict: {sorted(taken)} "
+                                 "are keys of the loop or of another callback; use its own")
+            state |= own
+        return state
 
     def _resume(
         self, resume: bool | Literal["auto"], generators: list[torch.Generator]
@@ -567,6 +497,8 @@ class Trainer:
         :meth:`CheckpointStore.resume_point`)."""
         state = None
         if self.checkpoints is not None:
+            # best.pt belongs to the folder when the settings keep the best epoch: the
+            # question tracking asks before training, so that both take the same one.
             name = self.checkpoints.resume_point(strict=resume is True,
                                                  with_best=self.settings.restores_best)
             state = self.checkpoints.load(name) if name is not None else None
@@ -587,14 +519,11 @@ class Trainer:
         for scheduled, saved in zip(self.schedulers, state["schedulers"], strict=True):
             scheduled.scheduler.load_state_dict(saved)
         self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        if self.settings.restores_best:
-            self.best_weights = self.checkpoints.load("best.pt")
+        for callback in self.callbacks:
+            callback.load_state_dict(state)
         restore_rng_state(state["rng"], generators)
         self._resumed_rng = state["rng"]
-        self.state = TrainState(state["epoch"], list(state["history"]), state["best_metric"],
-                                state["best_epoch"], state["stale_epochs"])
+        self.state = TrainState(state["epoch"], list(state["history"]))
         for callback in self.callbacks:
             callback.on_resume(self.state.history, dict(state.get("tags") or {}))
         progress = state.get("epoch_progress")

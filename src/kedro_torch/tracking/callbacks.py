@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from kedro_torch.pytorch.callbacks import Callback
 from kedro_torch.pytorch.distributed import is_main_process
-from kedro_torch.pytorch.engine import Callback
 from kedro_torch.tracking import outbox
 
 

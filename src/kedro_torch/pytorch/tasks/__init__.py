@@ -51,6 +51,6 @@ def mode(metric: str) -> str:
     """Whether ``metric`` (``val_accuracy``, ``train_rmse``, ...) is better low or high."""
     name = metric.split("_", 1)[-1]
     for task in REGISTRY:
-        if name in get(task).metrics:
-            return get(task).metrics[name]
+        if name in get(task).epoch_metrics:
+            return get(task).epoch_metrics[name]
     return "min"  # losses

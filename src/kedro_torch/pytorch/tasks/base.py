@@ -65,7 +65,7 @@ class Task:
     # The test metrics a run is summed up by, first the one its champion is chosen by.
     headline: ClassVar[tuple[str, ...]]
     # The task's epoch figures besides ``loss``, and whether they should go up or down.
-    metrics: ClassVar[dict[str, Literal["min", "max"]]] = {}
+    epoch_metrics: ClassVar[dict[str, Literal["min", "max"]]] = {}
 
     # The class of the task's model_spec.json (``from_dict``).
     spec_type: ClassVar[type]
@@ -159,7 +159,7 @@ class Task:
     @classmethod
     def monitors(cls) -> tuple[str, ...]:
         """The names of an epoch's row that training can watch (``training.monitor``)."""
-        names = ("loss", *cls.metrics)
+        names = ("loss", *cls.epoch_metrics)
         return tuple(f"{stage}_{name}" for stage in ("train", "val") for name in names)
 
     def step(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
@@ -180,7 +180,8 @@ class Task:
         sums["seen"] += len(targets)
 
     def summarize(self, totals: Mapping[str, float]) -> dict[str, float]:
-        """The epoch's figures from the sums of every rank: ``loss`` and :attr:`metrics`."""
+        """The epoch's figures from the sums of every rank: ``loss`` and
+        :attr:`epoch_metrics`."""
         return {"loss": totals["loss"] / totals["seen"]}
 
 
@@ -196,7 +197,7 @@ class Classification(Task):
     default_loss = "CrossEntropyLoss"
     headline = ("test_accuracy",)
     probe_outputs = 2
-    metrics: ClassVar[dict[str, Literal["min", "max"]]] = {"accuracy": "max"}
+    epoch_metrics: ClassVar[dict[str, Literal["min", "max"]]] = {"accuracy": "max"}
 
     def metric_sums(self, device: torch.device) -> dict[str, torch.Tensor]:
         return super().metric_sums(device) | {

@@ -197,7 +197,7 @@ class TabularRegression(_Table):
     default_loss = "MSELoss"
     probe_outputs = 1
     headline = ("test_r2", "test_rmse", "test_mae")
-    metrics: ClassVar[dict[str, str]] = {"rmse": "min", "mae": "min"}
+    epoch_metrics: ClassVar[dict[str, str]] = {"rmse": "min", "mae": "min"}
 
     def step(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
              loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

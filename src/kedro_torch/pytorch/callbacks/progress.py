@@ -11,7 +11,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kedro_torch.pytorch.engine import Callback
+from kedro_torch.pytorch.callbacks.base import Callback
 
 
 class RichProgressBar(Callback):
