@@ -280,7 +280,8 @@ def test_report_describes_every_column_and_is_json():
     report = json.loads(json.dumps(prepared.report))
     assert report["rows"] == 120
     assert report["columns"]["age"] == {"dtype": "float64", "missing": 2,
-                                        "distinct": table["age"].nunique(), "role": "numeric"}
+                                        "distinct": table["age"].nunique(), "role": "numeric",
+                                        "not_numbers": {"count": 0, "rows": []}}
     roles = {name: column["role"] for name, column in report["columns"].items()}
     assert roles == {"id": "dropped", "age": "numeric", "income": "numeric",
                      "city": "categorical", "member": "categorical", "y": "target",
@@ -290,3 +291,14 @@ def test_report_describes_every_column_and_is_json():
     assert report["target"]["counts"] == table["y"].value_counts().sort_index().to_dict()
     assert sum(report["split_sizes"].values()) == 120
     assert report["duplicate_rows"]["rows"] == 0
+
+
+def test_the_report_lists_the_rows_whose_number_does_not_parse():
+    table = pd.DataFrame({"size": ["1.5", "12 g", None, "3", "n/a", "2"] * 4,
+                          "label": ["a", "b"] * 12})
+    config = parse(DataConfig, {"task": "tabular_classification", "source": "table",
+                                "table": {"target": "label", "numeric": ["size"]}}, "data")
+    report = prepare_table(table, config, "classification").report
+    assert report["columns"]["size"]["not_numbers"] == {
+        "count": 8, "rows": [1, 4, 7, 10, 13, 16, 19, 22]}
+    assert report["columns"]["size"]["missing"] == 4

@@ -40,6 +40,7 @@ Kind = Literal["classification", "regression"]
 ADDED_COLUMNS = ("row", "content_hash", "target", "split")
 REGRESSION_RULE = "content hash: rows split by data.split.train / val / test"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+MAX_LISTED_ROWS = 100  # row numbers the report lists per column; the count is exact
 
 
 @dataclass(frozen=True)
@@ -436,14 +437,22 @@ def _check_classes(labels: pd.Series, assignment: np.ndarray, fractions: dict[st
 def _column_report(table: pd.DataFrame, target: str, numeric: list[str],
                    categorical: list[str], drop: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Each column's dtype, missing and distinct values, and role; "unused" for a
-    column neither named nor inferred (a date, say)."""
+    column neither named nor inferred (a date, say). A numeric column also lists the
+    rows whose value is there but is no number ("12 g", say): training and the served
+    model take those as missing, and the user should know which they are."""
     roles = {target: "target", **{c: "numeric" for c in numeric},
              **{c: "categorical" for c in categorical}, **{c: "dropped" for c in drop}}
-    return {
+    described = {
         c: {"dtype": str(table[c].dtype), "missing": int(table[c].isna().sum()),
-                 "distinct": int(table[c].nunique()), "role": roles.get(c, "unused")}
+            "distinct": int(table[c].nunique()), "role": roles.get(c, "unused")}
         for c in table.columns
     }
+    for column in numeric:
+        unparsed = table[column].notna().to_numpy() & ~np.isfinite(_numbers(table[column]))
+        rows = np.flatnonzero(unparsed)
+        described[column]["not_numbers"] = {"count": len(rows),
+                                            "rows": rows[:MAX_LISTED_ROWS].tolist()}
+    return described
 
 
 def _duplicates(feature_hash: pd.Series, content_hash: pd.Series) -> dict[str, int]:
