@@ -62,7 +62,7 @@ class ParameterValidationHook:
                    if sections else {})
         read = self._read(configs)
         for entry in sorted(inputs & read):
-            if not catalog.exists(entry):
+            if _reads_a_path(catalog[entry]) and not catalog.exists(entry):
                 raise self._missing(entry, catalog)
         # Kedro loads every input of a node: an entry this run does not read loads as
         # None, so that its path need not exist (the image folder of a manifest run).
@@ -157,6 +157,15 @@ class _Loaded(MemoryDataset):
 
     def _describe(self) -> dict[str, Any]:
         return self._described
+
+
+def _reads_a_path(dataset: AbstractDataset) -> bool:
+    """Whether the entry reads a file or folder that can be looked for before the run:
+    the project's own datasets (whose path may be left unset) and any dataset with a
+    path. A table read by SQL query, say, has none: its query tells when it runs."""
+    described = dataset._describe()
+    return (type(dataset).__module__.startswith("kedro_torch.")
+            or bool(described.get("path") or described.get("filepath")))
 
 
 def _shown(path: str) -> str:

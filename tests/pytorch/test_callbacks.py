@@ -19,6 +19,7 @@ from kedro_torch.pytorch.checkpoints import CheckpointStore
 from kedro_torch.pytorch.config import EarlyStoppingConfig, ModelConfig, TrainingConfig
 from kedro_torch.pytorch.engine import seed_everything
 from kedro_torch.pytorch.models import SmallCNN, head_parameter_names
+from tests.docs.blocks import block
 from tests.pytorch.test_resume import make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,3 +145,20 @@ def test_the_progress_bar_counts_epochs_and_batches(capsys, monkeypatch):
     assert "epochs" in shown and "2/2" in shown
     assert "batches" in shown and f"val_loss={history[-1]['val_loss']:.4f}" in shown
 
+
+
+def test_the_docs_loop_feature_stops_training_and_resumes_with_its_state(tmp_path):
+    """The recipe's TimeLimit (docs/architecture.md), through the real loop: a limit
+    shorter than an epoch ends training after the first, and the time spent is in its
+    checkpoint."""
+    namespace: dict = {}
+    exec(block("new-loop-feature"), namespace)
+    store = CheckpointStore(str(tmp_path / "checkpoints"))
+    trainer, train, val = make_trainer(store, 3)
+    trainer.callbacks.append(namespace["TimeLimit"](1e-6))
+    assert len(trainer.fit(train, val)) == 1
+    assert store.load()["time_limit_spent"] > 0
+
+    resumed, train, val = make_trainer(store, 3)
+    resumed.callbacks.append(namespace["TimeLimit"](1e-6))
+    assert len(resumed.fit(train, val, resume=True)) == 1

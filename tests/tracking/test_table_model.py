@@ -97,7 +97,7 @@ def test_a_regression_model_gives_a_value_per_row(tracking):
 
 def test_the_catalog_dataset_logs_a_table_model_and_makes_it_champion(tracking):
     state_dict, spec = trained("classification", "kind")
-    dataset = MlflowServedModelDataset(champion_metric="test_accuracy")
+    dataset = MlflowServedModelDataset()  # the champion metric: the task's test_accuracy
     with mlflow.start_run():
         dataset.save({"state_dict": state_dict, "model_spec": spec.to_dict(), "label_map": {},
                       "input_example": TABLE, "batch_size": 4,

@@ -6,14 +6,18 @@ A script, a notebook, a worker process or a tuning trial calls these and gets wh
 nodes do nothing but call them. In the order the pipeline runs them::
 
     manifest = data.manifest_from_listing(data.list_folder("data/01_raw/digits"))
-    prepared = prepare_data(manifest, data_config)
+    prepared = prepare_data(manifest, data_config)  # or a pandas DataFrame, for a table
     loaders = build_loaders(prepared.model_input, prepared.preprocessing, data_config,
                             seed=training.seed, images=prepared.images)
-    model = build_model(model_config, len(prepared.label_map), data_config.channels,
-                        seed=training.seed)
-    result = fit(model, loaders, training, num_classes=len(prepared.label_map))
-    spec = ModelSpec.from_configs(model_config, data_config, prepared.preprocessing)
+    model = build_model(model_config, data_config, prepared.label_map,
+                        prepared.preprocessing, seed=training.seed)
+    task = tasks.create(data_config.task, prepared.preprocessing)
+    result = fit(model, loaders, training, num_classes=len(prepared.label_map), task=task)
+    spec = task.spec(model_config, data_config, prepared.preprocessing)
     evaluation = evaluate(result.state_dict, spec, prepared.model_input, prepared.label_map)
+
+What differs between tasks (images or tables, classes or numbers) is the task's
+(:mod:`kedro_torch.pytorch.tasks`): these functions ask it.
 """
 
 from __future__ import annotations

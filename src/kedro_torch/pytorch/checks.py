@@ -149,6 +149,10 @@ def _check_training(training: TrainingConfig, data: DataConfig | None,
     if model is not None and main in {getattr(torch.optim, "Muon", None), torch.optim.SparseAdam}:
         with _quiet(optimization.logger):  # the parameters it takes, which it checks
             optimization.split_parameters(main, model, "training.optimizer")
+    if data is not None and training.monitor not in tasks.get(data.task).monitors():
+        raise ParameterError(
+            f"training.monitor: {data.task} records no {training.monitor}; its epochs record "
+            f"{', '.join(tasks.get(data.task).monitors())}")
     users = sorted({type(s.scheduler).__name__ for s in schedulers if s.on_metric})
     users += ["early stopping / keep_best"] if training.restores_best else []
     if users and training.monitor.startswith("val_") and data is not None and not data.split.val:

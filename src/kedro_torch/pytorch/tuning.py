@@ -117,7 +117,12 @@ def check_space(config: TuningConfig, parameters: Mapping[str, Any]) -> None:
             sqlalchemy.engine.make_url(config.storage)
         except sqlalchemy.exc.ArgumentError as error:
             raise ParameterError(f"tuning.storage: not a database URL: {error}") from error
-    split = parse(DataConfig, parameters.get("data"), "data").split
+    data = parse(DataConfig, parameters.get("data"), "data")
+    if config.metric not in tasks.get(data.task).monitors():
+        raise ParameterError(
+            f"tuning.metric: {data.task} records no {config.metric}; its epochs record "
+            f"{', '.join(tasks.get(data.task).monitors())}")
+    split = data.split
     if config.retrain_best:
         # Its training split takes in the validation split: nothing may need one.
         merged = {"data.split.train": split.train + split.val, "data.split.val": 0.0}

@@ -11,8 +11,8 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from mlflow import MlflowClient
 
+from kedro_torch.pytorch import tasks
 from kedro_torch.pytorch.distributed import is_main_process
-from kedro_torch.pytorch.inference import ModelSpec
 from kedro_torch.pytorch.table_inference import TableModelSpec
 from kedro_torch.tracking import model as mlflow_model
 from kedro_torch.tracking import outbox
@@ -22,7 +22,8 @@ class MlflowServedModelDataset(AbstractDataset[dict, None]):
     """Logs the trained model to the active MLflow run as a model that takes raw inputs
     (image files, or a table's rows: see :mod:`kedro_torch.tracking.model`), registers
     it, and moves the registry alias ``champion_alias`` to it only if it beats the
-    current holder (higher ``champion_metric`` is better).
+    current holder (higher ``champion_metric`` is better; by default the first of the
+    task's headline metrics: test accuracy, or test R² for a regression).
 
     Saves a mapping with ``state_dict``, ``model_spec`` (a dict, whose ``task`` says
     which model it is), ``label_map``, ``batch_size``, ``registered_model_name``
@@ -36,7 +37,7 @@ class MlflowServedModelDataset(AbstractDataset[dict, None]):
         *,
         name: str = "model",
         champion_alias: str = "champion",
-        champion_metric: str = "test_accuracy",
+        champion_metric: str | None = None,
         metadata: dict[str, Any] | None = None,
     ):
         self._name = name
@@ -51,11 +52,11 @@ class MlflowServedModelDataset(AbstractDataset[dict, None]):
             return
         if mlflow.active_run() is None:
             raise DatasetError(f"{type(self).__name__}: no active MLflow run to log to")
-        if data["registered_model_name"] and self._champion_metric not in data["metrics"]:
+        if data["registered_model_name"] and self._champion(data) not in data["metrics"]:
             raise DatasetError(
-                f"mlflow_model: champion_metric {self._champion_metric!r} is not among the "
-                f"model's metrics ({', '.join(sorted(data['metrics']))}); set "
-                "champion_metric in the catalog entry to one of them")
+                f"champion_metric {self._champion(data)!r} is not among the model's metrics "
+                f"({', '.join(sorted(data['metrics']))}); set champion_metric in the "
+                "catalog entry to one of them")
         example = data.get("input_example")
         if isinstance(example, pd.DataFrame):  # a spool keeps tensors and plain containers
             data = {**data, "input_example": example.to_dict(orient="list")}
@@ -63,23 +64,30 @@ class MlflowServedModelDataset(AbstractDataset[dict, None]):
 
     def log(self, data: dict[str, Any]) -> None:
         """Log and register the model in the active run; promote it if it is better."""
-        registered_name, spec = data["registered_model_name"], data["model_spec"]
-        if spec.get("task", "image_classification").startswith("tabular_"):
+        registered_name = data["registered_model_name"]
+        spec = tasks.load_spec(data["model_spec"])  # its class says which model it is
+        if isinstance(spec, TableModelSpec):
             info = mlflow_model.log_table_model(
-                self._name, data["state_dict"], TableModelSpec.from_dict(spec),
-                pd.DataFrame(data["input_example"]), data["batch_size"], registered_name,
+                self._name, data["state_dict"], spec, pd.DataFrame(data["input_example"]),
+                data["batch_size"], registered_name,
             )
         else:
             info = mlflow_model.log_image_classifier(
-                self._name, data["state_dict"], ModelSpec.from_dict(spec),
-                data["label_map"], data["top_k"], data["batch_size"], registered_name,
+                self._name, data["state_dict"], spec, data["label_map"], data["top_k"],
+                data["batch_size"], registered_name,
             )
         if registered_name:
             mlflow_model.promote_if_better(
                 MlflowClient(), registered_name, str(info.registered_model_version),
-                self._champion_metric, data["metrics"][self._champion_metric],
+                self._champion(data), data["metrics"][self._champion(data)],
                 self._champion_alias,
             )
+
+    def _champion(self, data: dict[str, Any]) -> str:
+        """The metric the champion is chosen by: the entry's, or the task's headline."""
+        if self._champion_metric is not None:
+            return self._champion_metric
+        return tasks.get(tasks.load_spec(data["model_spec"]).task).headline[0]
 
     def load(self) -> None:
         raise DatasetError(

@@ -15,12 +15,13 @@ feature columns) and show the model's inputs and outputs in the UI.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,7 @@ def log_image_classifier(
         name, state_dict, {"model_spec": spec.to_dict(), "label_map": dict(label_map)},
         {"kind": "image", "top_k": top_k, "batch_size": batch_size},
         signature(len(label_map), top_k), input_example(spec), registered_model_name,
+        own_code(spec.model_name),
     )
 
 
@@ -224,6 +226,7 @@ def log_table_model(
         name, state_dict, {"model_spec": spec.to_dict()},
         {"kind": "table", "batch_size": batch_size}, table_signature(preprocessing),
         table_example(input_example, preprocessing), registered_model_name,
+        own_code(spec.model_name),
     )
 
 
@@ -235,9 +238,11 @@ def log_pyfunc(
     model_signature: ModelSignature,
     example: pd.DataFrame,
     registered_model_name: str | None,
+    code: Sequence[str] = (),
 ) -> ModelInfo:
     """Log the weights and ``documents`` (each a JSON artifact of its name) as a model
-    from code, which ``model_config["kind"]`` chooses in :data:`MODEL_KINDS`.
+    from code, which ``model_config["kind"]`` chooses in :data:`MODEL_KINDS`; ``code``
+    travels with the ``kedro_torch`` package (a model class of the user's own).
 
     pip requirements are given, not inferred: inferring them imports the model
     in a subprocess, which takes longer than the whole evaluation. MLflow draws a
@@ -255,13 +260,28 @@ def log_pyfunc(
             name=name,
             python_model=str(Path(__file__).with_name("model_code.py")),
             artifacts={key: str(path) for key, path in artifacts.items()},
-            code_paths=[str(PACKAGE_DIR)],
+            code_paths=[str(PACKAGE_DIR), *code],
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
             model_config=dict(model_config),
             signature=model_signature,
             input_example=example,
             registered_model_name=registered_model_name,
         )
+
+
+def own_code(model_name: str) -> list[str]:
+    """The package (or module file) of a model given by import path,
+    ``package.module:Class``, for the MLflow model to carry: where the model is served,
+    that code is not installed. An installed package (in site-packages) is a
+    requirement, not code to copy; project models need nothing."""
+    if ":" not in model_name:
+        return []
+    top = model_name.split(":", maxsplit=1)[0].split(".", maxsplit=1)[0]
+    module = importlib.import_module(top)
+    location = Path(module.__file__).resolve()
+    if "site-packages" in location.parts or top == "kedro_torch":
+        return []
+    return [str(location.parent if location.name == "__init__.py" else location)]
 
 
 def promote_if_better(

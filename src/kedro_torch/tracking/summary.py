@@ -80,8 +80,9 @@ def run_note(parameters: dict[str, Any], metrics: dict[str, float],
     optimizer = training.optimizer
     settings = ", ".join(f"{key}={value}" for key, value in optimizer.kwargs.items())
     scheduler = training.scheduler.name or "no scheduler"
+    loss = training.loss.name or task.default_loss
     lines.append(f"- **Training:** {training.epochs} epochs, `{optimizer.name}` ({settings}), "
-                 f"`{scheduler}`, `{training.loss.name}`, seed {training.seed}, "
+                 f"`{scheduler}`, `{loss}`, seed {training.seed}, "
                  f"precision {training.precision}")
     return "\n".join(lines)
 

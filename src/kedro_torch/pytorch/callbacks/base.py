@@ -20,8 +20,9 @@ class Callback:
           on_epoch_start(epoch)
             on_optimizer_step()             after each optimizer step
             on_batch_end()                  after each training batch
-          on_validation_end(epoch, row)     the row is complete; state_dict() is saved next
-          on_epoch_end(epoch, row)          the epoch's checkpoint is written
+          on_validation_end(epoch, row)     the epoch's row is complete
+          state_dict()                      into the epoch's checkpoint (and a signal's)
+          on_epoch_end(epoch, row)          the checkpoint is written
         on_fit_end()                        also when a signal stops training
 
     With ``training.devices: N`` the callbacks passed to ``api.fit`` stay in the parent

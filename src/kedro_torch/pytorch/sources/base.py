@@ -12,10 +12,8 @@ from kedro_torch.pytorch import images
 class Source:
     """Where a run's samples come from; override what differs."""
 
-    # The catalog entry the source reads (None: it reads none), and the runtime
-    # parameter that names its path.
+    # The catalog entry the source reads (None: it reads none).
     entry: ClassVar[str | None] = None
-    path_parameter: ClassVar[str | None] = None
 
     def ingest(self, loaded: Any, config: Any) -> pd.DataFrame:
         """What the catalog entry loaded -> the table of samples the task prepares."""

@@ -11,7 +11,6 @@ from kedro_torch.pytorch.sources.base import Source
 
 class FolderSource(Source):
     entry = "raw_images"
-    path_parameter = "raw_images_path"
 
     def ingest(self, loaded: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
         return data.manifest_from_listing(loaded)

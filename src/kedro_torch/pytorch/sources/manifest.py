@@ -11,7 +11,6 @@ from kedro_torch.pytorch.sources.base import Source
 
 class ManifestSource(Source):
     entry = "raw_manifest"
-    path_parameter = "raw_manifest_path"
 
     def ingest(self, loaded: data.ImageTable | None, config: DataConfig) -> pd.DataFrame:
         if loaded is None:

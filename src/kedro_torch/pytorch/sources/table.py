@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kedro_torch.pytorch import tables
 from kedro_torch.pytorch.config import DataConfig
+from kedro_torch.pytorch.data import DataError
 from kedro_torch.pytorch.sources.base import Source
 
 
 class TableSource(Source):
     entry = "raw_table"
-    path_parameter = "raw_table_path"
 
     def ingest(self, loaded: pd.DataFrame | None, config: DataConfig) -> pd.DataFrame:
         if loaded is None:
@@ -23,3 +24,13 @@ class TableSource(Source):
             raise ValueError(f"data.source is 'table' but the catalog entry 'raw_table' "
                              f"loaded a {type(loaded).__name__}, not a pandas DataFrame")
         return loaded
+
+    def judge(self, loaded: pd.DataFrame | None, config: DataConfig, name: str | None) -> None:
+        """The columns the parameters name must be in the table, before the run starts."""
+        table = self.ingest(loaded, config)
+        columns = config.table
+        tables.infer_columns(table, columns.target, columns.drop, columns.numeric,
+                             columns.categorical)
+        group = config.split.group_column
+        if group is not None and group not in table.columns:
+            raise DataError(f"data.split.group_column: the table has no column {group!r}")
