@@ -164,8 +164,9 @@ def _reads_a_path(dataset: AbstractDataset) -> bool:
     the project's own datasets (whose path may be left unset) and any dataset with a
     path. A table read by SQL query, say, has none: its query tells when it runs."""
     described = dataset._describe()
-    return (type(dataset).__module__.startswith("kedro_torch.")
-            or bool(described.get("path") or described.get("filepath")))
+    path = described.get("path") or described.get("filepath")
+    # kedro-datasets' SQL datasets describe a missing file path as the string "None".
+    return type(dataset).__module__.startswith("kedro_torch.") or str(path) not in ("None", "")
 
 
 def _shown(path: str) -> str:

@@ -7,8 +7,11 @@ The guide's commands run in a copy of the project laid out as a fresh clone is f
 a table: conf/, the bundled penguins table in data/01_raw and the environment in
 .venv, but not the digits, which no table command should read. The copy's
 conf/local is empty, and the `--env penguins` runs do not read it: their epochs are
-the environments' own. The other runs each have a copy of their own, with fewer
-epochs where no assertion needs an accurate model."""
+the environments' own. The other runs each have a copy of their own whose conf/local
+holds conf/penguins' parameters and catalog, as a user's own table's settings would
+be, so that a plain `kedro run` trains the species classifier and its files are
+under data/, where the image tests' helpers look; with fewer epochs where no
+assertion needs an accurate model."""
 
 from __future__ import annotations
 
@@ -65,7 +68,11 @@ def clone(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(tmp_path) -> Path:
-    return with_penguins(tmp_path / "project")
+    """A copy whose conf/local trains the species classifier."""
+    project = with_penguins(tmp_path / "project")
+    for name in ("parameters.yml", "catalog.yml"):
+        shutil.copy(PROJECT_ROOT / "conf" / "penguins" / name, project / "conf" / "local")
+    return project
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +82,16 @@ def mass_run(clone):
 
 
 @pytest.fixture(scope="module")
-def species_run(clone, mass_run):
-    """After the mass model: the species classifier is the newest model, which the
-    inference and export pipelines read. Its MLflow client and run, and how many
-    training runs the command added."""
+def species_run(clone):
+    """Its MLflow client and run, and how many training runs the command added."""
     before = training_runs(clone)
     shell(clone, block("tables-train"))
     return (*latest_run(clone), training_runs(clone) - before)
 
 
 def newest(project: Path, entry: str) -> Path:
-    """The newest version's file of a versioned catalog entry, by its path under data/."""
-    return latest_version(project / "data" / entry)
+    """The newest version's file of a versioned catalog entry of ``--env penguins``."""
+    return latest_version(project / "data" / "penguins" / entry)
 
 
 def model_info(project: Path, uri: str) -> mlflow.models.model.ModelInfo:
@@ -188,8 +193,8 @@ def test_a_table_of_ones_own_trains_from_the_command_line(clone):
 
 
 def test_torchrun_trains_a_table_in_two_processes_into_one_run(project):
-    result = subprocess.run([*torchrun(project), QUICK, "--env", "penguins"], cwd=project,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*torchrun(project), QUICK], cwd=project, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(project)
     assert {key: run.data.tags[key] for key in ("world_size", "strategy", "backend",
@@ -219,11 +224,11 @@ def test_a_table_run_keeps_its_records_while_the_tracking_server_is_away(project
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_mlflow_server(tmp_path, port)
-    write_mlflow_yml(project, "penguins", uri)
+    write_mlflow_yml(project, "local", uri)
     epochs = 150
     started = time.time()
     training = subprocess.Popen(
-        [KEDRO, "run", "--pipelines", "training", "--env", "penguins", "--params",
+        [KEDRO, "run", "--pipelines", "training", "--params",
          f"training.epochs={epochs},training.progress_bar=false"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -251,8 +256,7 @@ def test_sigint_stops_a_table_run_as_killed_and_it_resumes(project):
     params = "training.progress_bar=false"
     checkpoints = project / "data" / "06_models" / "checkpoints"
     training = subprocess.Popen(
-        [KEDRO, "run", "--pipelines", "training", "--env", "penguins", "--params",
-         f"{params},training.epochs=5000"],
+        [KEDRO, "run", "--pipelines", "training", "--params", f"{params},training.epochs=5000"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
     while not list(checkpoints.glob("*/step-*.pt")):  # an epoch is done
@@ -267,7 +271,7 @@ def test_sigint_stops_a_table_run_as_killed_and_it_resumes(project):
     assert run.data.tags["interrupted_by"] == "SIGINT"
     epoch = int(run.data.tags["interrupted_epoch"])
 
-    resumed = kedro(project, "run", "--pipelines", "training", "--env", "penguins", "--params",
+    resumed = kedro(project, "run", "--pipelines", "training", "--params",
                     f"{params},training.epochs={epoch},training.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stdout + resumed.stderr
@@ -281,13 +285,13 @@ def test_a_module_given_by_import_path_trains_in_a_kedro_run(project, monkeypatc
     """``model.name`` as the import path of a class outside the project's package,
     importable as the user's would be: on PYTHONPATH."""
     monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
-    result = kedro(project, "run", "--pipelines", "training", "--env", "penguins", "--params",
+    result = kedro(project, "run", "--pipelines", "training", "--params",
                    f"model.name=tests.own_models:WideAndDeep,model.kwargs.hidden=8,{QUICK}")
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = latest_run(project)
     assert run.data.params["model.name"] == "tests.own_models:WideAndDeep"
     assert run.data.params["model.kwargs.hidden"] == "8"
-    history = pd.read_csv(newest(project, "08_reporting/training_history.csv"))
+    history = pd.read_csv(latest_version(project / "data/08_reporting/training_history.csv"))
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     assert version.name == "kedro_torch_penguins"

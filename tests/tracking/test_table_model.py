@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -143,3 +145,43 @@ def test_the_served_model_takes_missing_values_and_names_a_missing_column(classi
         status, answer = invocations(url, ["length", "legs"], [[1.0, 2]])
     assert status == 400
     assert "missing inputs ['colour']" in answer["message"]
+
+
+OWN_MODEL = '''
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    def __init__(self, numeric_features, cardinalities, num_outputs):
+        super().__init__()
+        self.numeric_features = numeric_features
+        self.head = nn.Linear(numeric_features + len(cardinalities), num_outputs)
+
+    def forward(self, x):
+        return self.head(x)
+'''
+
+
+def test_a_model_class_of_the_users_own_travels_with_the_logged_model(tracking, tmp_path,
+                                                                       monkeypatch):
+    """The class is importable where the model is logged, not where it is loaded: a
+    fresh interpreter without its folder on the path loads and predicts with it."""
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "my_tables.py").write_text(OWN_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path / "own"))
+    preprocessing = TablePreprocessing.fit(TABLE, "kind", ["length"], ["colour"],
+                                           "classification")
+    spec = TableModelSpec("my_tables:Linear", preprocessing.to_dict(), {},
+                          "tabular_classification")
+    state_dict = models.build(spec.model_name, spec.model_arguments(), {}).state_dict()
+    with mlflow.start_run():
+        info = log_table_model("model", state_dict, spec, TABLE, batch_size=4)
+    script = ("import sys, mlflow, pandas as pd\n"
+              f"rows = pd.DataFrame({{'length': [1.0], 'colour': ['red']}})\n"
+              f"print(mlflow.pyfunc.load_model({info.model_uri!r}).predict(rows)['label'][0])")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+                            timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() in {"a", "b"}
