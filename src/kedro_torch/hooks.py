@@ -20,7 +20,7 @@ from kedro.io import MemoryDataset, Version
 from kedro.io.core import VERSION_FORMAT, AbstractDataset, AbstractVersionedDataset
 
 from kedro_torch.pytorch import distributed, interrupts
-from kedro_torch.pytorch.config import TrainingConfig, flatten, parse
+from kedro_torch.pytorch.config import DataConfig, TrainingConfig, flatten, parse
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class ParameterValidationHook:
         "pretrained_state_dict": ("model.pretrained_path", "state_dict file"),
         "inference_images": ("inference_images_path", "image folder"),
         "raw_table": ("raw_table_path", "table"),
+        "inference_table": ("inference_table_path", "table"),
     }
     REPORT = "data_quality_report"
 
@@ -58,9 +59,11 @@ class ParameterValidationHook:
 
         inputs = pipeline.inputs()
         sections = {name.removeprefix("params:") for name in inputs} & set(checks.SECTIONS)
-        configs = (checks.validate_parameters(catalog.load("parameters"), sections)
-                   if sections else {})
-        read = self._read(configs)
+        parameters = catalog.load("parameters")
+        configs = checks.validate_parameters(parameters, sections) if sections else {}
+        read = self._read(configs, parameters)
+        if "inference_table" in catalog and catalog["inference_table"]._describe().get("filepath"):
+            read.add("inference_table")  # named for this run: a table model's rows
         for entry in sorted(inputs & read):
             if _reads_a_path(catalog[entry]) and not catalog.exists(entry):
                 raise self._missing(entry, catalog)
@@ -77,18 +80,18 @@ class ParameterValidationHook:
             self._judge_data(configs["data"], pipeline, catalog)
 
     @staticmethod
-    def _read(configs: dict[str, Any]) -> set[str]:
+    def _read(configs: dict[str, Any], parameters: dict[str, Any]) -> set[str]:
         """The entries of INPUT_PATHS that this run's parameters have it read: the
         image table, the image folder or the table, as ``data.source`` says (none for a
-        torchvision dataset, whose root ``data.torchvision`` names), and the pretrained
-        file if one is named."""
+        torchvision dataset, whose root ``data.torchvision`` names), what the inference
+        pipeline predicts for such data (a folder of images, or a table), and the
+        pretrained file if one is named."""
         from kedro_torch.pytorch import sources  # noqa: PLC0415
 
-        data, model = configs.get("data"), configs.get("model")
-        read = {"inference_images"}
-        entry = sources.get(data.source if data is not None else "folder").entry
-        if entry is not None:
-            read.add(entry)
+        model = configs.get("model")
+        data = configs.get("data") or parse(DataConfig, parameters.get("data"), "data")
+        source = sources.get(data.source)
+        read = {entry for entry in (source.entry, source.inference_entry) if entry}
         if model is not None and model.pretrained_path:
             read.add("pretrained_state_dict")
         return read

@@ -16,6 +16,7 @@ assertion needs an accurate model."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -27,13 +28,14 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from kedro_torch.pytorch.tables import TablePreprocessing
 from tests.conftest import PROJECT_ROOT
 from tests.docs.blocks import block
 from tests.e2e.conftest import KEDRO, copy_project, kedro, latest_run, latest_version
 from tests.e2e.test_distributed_run import OUTPUTS, runs, torchrun
-from tests.e2e.test_docs_commands import VENV, shell, training_runs, without_virtualenv
+from tests.e2e.test_docs_commands import VENV, shell, without_virtualenv
 from tests.e2e.test_tuning_run import runs as all_runs
 from tests.e2e.test_tuning_run import study_of
 from tests.faults.conftest import start_mlflow_server, stop_mlflow_server, write_mlflow_yml
@@ -83,10 +85,10 @@ def mass_run(clone):
 
 @pytest.fixture(scope="module")
 def species_run(clone):
-    """Its MLflow client and run, and how many training runs the command added."""
-    before = training_runs(clone)
+    """Its MLflow client and run, and how many MLflow runs the command added."""
+    before = len(all_runs(clone)[1])
     shell(clone, block("tables-train"))
-    return (*latest_run(clone), training_runs(clone) - before)
+    return (*latest_run(clone), len(all_runs(clone)[1]) - before)
 
 
 def newest(project: Path, entry: str) -> Path:
@@ -192,17 +194,28 @@ def test_a_table_of_ones_own_trains_from_the_command_line(clone):
 # --- the features images have -----------------------------------------------------------
 
 
-def test_torchrun_trains_a_table_in_two_processes_into_one_run(project):
-    result = subprocess.run([*torchrun(project), QUICK], cwd=project, capture_output=True,
-                            text=True, timeout=600)
+def test_torchrun_trains_a_module_of_ones_own_on_a_table_in_two_processes(project):
+    """Two Gloo processes, one MLflow run and one set of outputs, for a model given by
+    the import path of a class outside the project's package, importable as a user's
+    would be: on PYTHONPATH."""
+    own = "model.name=tests.own_models:WideAndDeep,model.kwargs.hidden=8"
+    result = subprocess.run([*torchrun(project), f"{own},{QUICK}"], cwd=project,
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs(project)
     assert {key: run.data.tags[key] for key in ("world_size", "strategy", "backend",
                                                 "global_batch_size")} == {
         "world_size": "2", "strategy": "ddp", "backend": "gloo", "global_batch_size": "64"}
-    assert "test_accuracy" in run.data.metrics
+    assert run.data.params["model.name"] == "tests.own_models:WideAndDeep"
+    assert run.data.params["model.kwargs.hidden"] == "8"
     for output in OUTPUTS:
         assert len(list((project / "data" / output).iterdir())) == 1, output
+    history = pd.read_csv(latest_version(project / "data/08_reporting/training_history.csv"))
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert version.name == "kedro_torch_penguins"
 
 
 def test_a_study_of_a_regression_minimizes_the_validation_rmse(project):
@@ -230,7 +243,8 @@ def test_a_table_run_keeps_its_records_while_the_tracking_server_is_away(project
     training = subprocess.Popen(
         [KEDRO, "run", "--pipelines", "training", "--params",
          f"training.epochs={epochs},training.progress_bar=false"],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "300"})  # each warning on one line
     try:
         wait_for_epoch(project, training, 1, started)
         stop_mlflow_server(server)
@@ -279,19 +293,3 @@ def test_sigint_stops_a_table_run_as_killed_and_it_resumes(project):
     assert continued.info.run_id == run.info.run_id
     assert continued.info.status == "FINISHED"
     assert "test_accuracy" in continued.data.metrics
-
-
-def test_a_module_given_by_import_path_trains_in_a_kedro_run(project, monkeypatch):
-    """``model.name`` as the import path of a class outside the project's package,
-    importable as the user's would be: on PYTHONPATH."""
-    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
-    result = kedro(project, "run", "--pipelines", "training", "--params",
-                   f"model.name=tests.own_models:WideAndDeep,model.kwargs.hidden=8,{QUICK}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    client, run = latest_run(project)
-    assert run.data.params["model.name"] == "tests.own_models:WideAndDeep"
-    assert run.data.params["model.kwargs.hidden"] == "8"
-    history = pd.read_csv(latest_version(project / "data/08_reporting/training_history.csv"))
-    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
-    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
-    assert version.name == "kedro_torch_penguins"

@@ -29,7 +29,10 @@ from kedro_torch.pytorch.config import (
     parse,
 )
 from kedro_torch.pytorch.distributed import RankShardedSampler, shard_for_this_rank
+from kedro_torch.pytorch.tasks import image_classification
 from tests.conftest import copy_digits
+
+CLASSIFIER = image_classification.ImageClassification()  # what the loop is given
 
 CPU = torch.device("cpu")
 
@@ -244,7 +247,7 @@ def _evaluate_as_rank(rank: int, prepared, folder: str) -> None:
     distributed.start(TrainingConfig(), distributed.plan(TrainingConfig(), CPU))
     try:
         loader = val_loader(prepared, 29, shard=True)
-        result = engine.evaluate(TinyNet(), loader, nn.CrossEntropyLoss(), CPU)
+        result = engine.evaluate(TinyNet(), loader, nn.CrossEntropyLoss(), CPU, task=CLASSIFIER)
         Path(folder, f"rank{rank}.json").write_text(json.dumps(
             {"loss": result["loss"], "accuracy": result["accuracy"], "batches": len(loader)}))
     finally:
@@ -254,7 +257,7 @@ def _evaluate_as_rank(rank: int, prepared, folder: str) -> None:
 def test_validation_metrics_over_two_ranks_equal_one_process(digits, tmp_path, one_thread):
     run_ranks(_evaluate_as_rank, digits, str(tmp_path))
     alone = engine.evaluate(TinyNet(), val_loader(digits, 29, shard=False),
-                            nn.CrossEntropyLoss(), CPU)
+                            nn.CrossEntropyLoss(), CPU, task=CLASSIFIER)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["batches"] for r in ranks] == [4, 4]  # 15 and 14 images: each once
     for result in ranks:

@@ -17,6 +17,9 @@ from kedro_torch.pytorch.engine import (
 )
 from kedro_torch.pytorch.models import SmallCNN
 from kedro_torch.pytorch.optimizers import ScheduledLR
+from kedro_torch.pytorch.tasks import image_classification
+
+CLASSIFIER = image_classification.ImageClassification()  # what the loop is given
 
 CPU = torch.device("cpu")
 HISTORY_KEYS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
@@ -46,7 +49,7 @@ def fit(model, train, val, loss_fn, optimizer, scheduler, epochs, device, callba
     """The plain loop: one optimizer, an optional per-epoch scheduler, no extras."""
     schedulers = [ScheduledLR(scheduler, "epoch")] if scheduler is not None else []
     trainer = Trainer(model, [optimizer], loss_fn, device, TrainingConfig(epochs=epochs),
-                      schedulers, callbacks)
+                      schedulers, callbacks, task=CLASSIFIER)
     return trainer.fit(train, val)
 
 

@@ -30,6 +30,7 @@ from kedro_torch.pytorch.loaders import (
     image_transform,
 )
 from kedro_torch.pytorch.models import SmallCNN
+from kedro_torch.pytorch.tasks.image_classification import ImageClassification
 from tests.image_files import write_image
 
 CPU = torch.device("cpu")
@@ -261,7 +262,8 @@ def test_training_is_the_same_wherever_the_batches_are_normalized(image_paths):
         model = SmallCNN(3, 4, width=8)
         trainer = Trainer(model, [torch.optim.SGD(model.parameters(), lr=0.1)],
                           nn.CrossEntropyLoss(), CPU,
-                          TrainingConfig(epochs=2, progress_bar=False))
+                          TrainingConfig(epochs=2, progress_bar=False),
+                          task=ImageClassification())
         return trainer.fit(built["train"], built["val"])
 
     assert train("device") == train("loader")

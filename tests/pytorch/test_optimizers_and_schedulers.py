@@ -23,6 +23,9 @@ from kedro_torch.pytorch.optimizers import (
     optimizer_classes,
     scheduler_classes,
 )
+from kedro_torch.pytorch.tasks import image_classification
+
+CLASSIFIER = image_classification.ImageClassification()  # what the loop is given
 
 CPU = torch.device("cpu")
 THIS_MODULE = __name__  # "tests.test_optimizers_and_schedulers": lr_lambda paths point here
@@ -117,7 +120,8 @@ def train(
     **settings,
 ) -> tuple[Trainer, list[dict]]:
     trainer = Trainer(model, optimizers, nn.CrossEntropyLoss(), CPU,
-                      TrainingConfig(epochs=epochs, **settings), schedulers, (), checkpoints)
+                      TrainingConfig(epochs=epochs, **settings), schedulers, (), checkpoints,
+                      task=CLASSIFIER)
     return trainer, trainer.fit(loader(), val)
 
 
@@ -178,7 +182,7 @@ def test_lbfgs_refuses_gradient_accumulation():
     optimizers = build_optimizers(model, OptimizerConfig("LBFGS", {"lr": 0.5}))
     with pytest.raises(ValueError, match=r"training\.optimizer\.name: LBFGS .* accumulate"):
         Trainer(model, optimizers, nn.CrossEntropyLoss(), CPU,
-                TrainingConfig(epochs=1, accumulate_grad_batches=2))
+                TrainingConfig(epochs=1, accumulate_grad_batches=2), task=CLASSIFIER)
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(caplog):

@@ -22,6 +22,9 @@ from kedro_torch.pytorch.config import (
 from kedro_torch.pytorch.engine import Callback, Trainer, seed_everything
 from kedro_torch.pytorch.models import SmallCNN
 from kedro_torch.pytorch.optimizers import build_optimizers, build_schedulers
+from kedro_torch.pytorch.tasks import image_classification
+
+CLASSIFIER = image_classification.ImageClassification()  # what the loop is given
 
 CPU = torch.device("cpu")
 
@@ -56,7 +59,7 @@ def make_trainer(store: CheckpointStore | None, epochs: int, scheduler: str = "S
                                   len(train), monitor_mode="min")
     config = TrainingConfig(epochs=epochs, progress_bar=False, **settings)
     trainer = Trainer(model, optimizers, nn.CrossEntropyLoss(), device, config, schedulers,
-                      from_settings(config, None, model), checkpoints=store)
+                      from_settings(config, None, model), checkpoints=store, task=CLASSIFIER)
     return trainer, train, val
 
 
@@ -360,7 +363,8 @@ def test_resuming_one_cycle_past_its_planned_length_is_refused(tmp_path):
         schedulers = build_schedulers([optimizer], SchedulerConfig("OneCycleLR"), epochs,
                                       steps_per_epoch=2, monitor_mode="min")
         return Trainer(model, [optimizer], nn.CrossEntropyLoss(), torch.device("cpu"),
-                       TrainingConfig(epochs=epochs), schedulers, checkpoints=store)
+                       TrainingConfig(epochs=epochs), schedulers, checkpoints=store,
+                       task=CLASSIFIER)
 
     images = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(TensorDataset(images, torch.arange(8) % 2), batch_size=4)

@@ -111,7 +111,7 @@ def test_the_training_loop_and_its_callbacks_name_no_task():
              for path in files
              for number, line in enumerate(path.read_text().splitlines(), start=1)
              if TASK_WORDS.search(line)]
-    assert found == []
+    assert not found, "\n".join(found)
 
 
 class SignTask(Task):

@@ -38,6 +38,9 @@ from kedro_torch.pytorch.models import (
     torchvision_weights,
 )
 from kedro_torch.pytorch.optimizers import balanced_class_weights, build_loss, build_optimizers
+from kedro_torch.pytorch.tasks import image_classification
+
+CLASSIFIER = image_classification.ImageClassification()  # what the loop is given
 
 CPU = torch.device("cpu")
 
@@ -75,7 +78,7 @@ def fit(model, optimizer, train, val=None, callbacks=(), checkpoints=None, loss_
     config = TrainingConfig(**{"epochs": 1, "progress_bar": False} | settings)
     trainer = Trainer(model, [optimizer], loss_fn or nn.CrossEntropyLoss(), CPU, config,
                       callbacks=[*callbacks, *from_settings(config, None, model)],
-                      checkpoints=checkpoints)
+                      checkpoints=checkpoints, task=CLASSIFIER)
     return trainer, trainer.fit(train, val)
 
 
@@ -119,7 +122,7 @@ def test_float16_on_the_cpu_says_to_use_bf16():
     with pytest.raises(ValueError, match=r"^training\.precision: 16 .* needs a CUDA device, "
                                          r"not cpu; use bf16 instead"):
         Trainer(linear(), [sgd(linear())], nn.CrossEntropyLoss(), CPU,
-                TrainingConfig(epochs=1, precision="16"))
+                TrainingConfig(epochs=1, precision="16"), task=CLASSIFIER)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -132,7 +135,8 @@ def test_mixed_precision_on_cuda(precision, dtype, tmp_path):
     model[1].register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
     store = CheckpointStore(str(tmp_path / "checkpoints"))
     trainer = Trainer(model, [sgd(model)], nn.CrossEntropyLoss(), torch.device("cuda"),
-                      TrainingConfig(epochs=2, precision=precision), checkpoints=store)
+                      TrainingConfig(epochs=2, precision=precision), checkpoints=store,
+                      task=CLASSIFIER)
     history = trainer.fit(DataLoader(separable(16), batch_size=8))
     assert set(dtypes) == {dtype}
     assert all(math.isfinite(row["train_loss"]) for row in history)
@@ -238,8 +242,10 @@ def test_ema_is_the_model_validated_and_handed_back():
         assert torch.allclose(ema[name], tensor, atol=1e-6), name
     assert not same(ema, weights(model))
     loss_fn = nn.CrossEntropyLoss()
-    assert evaluate(trainer.eval_model, val, loss_fn, CPU)["loss"] == history[-1]["val_loss"]
-    assert evaluate(trainer.model, val, loss_fn, CPU)["loss"] != history[-1]["val_loss"]
+    validated = evaluate(trainer.eval_model, val, loss_fn, CPU, task=CLASSIFIER)
+    assert validated["loss"] == history[-1]["val_loss"]
+    trained = evaluate(trainer.model, val, loss_fn, CPU, task=CLASSIFIER)
+    assert trained["loss"] != history[-1]["val_loss"]
 
 
 # --- early stopping and the best epoch -------------------------------------------------
@@ -316,7 +322,7 @@ def test_keep_best_with_ema_hands_back_the_best_averaged_weights():
     model = mlp()
     best = EarlyStopping("val_loss", "min")
     trainer = Trainer(model, [sgd(model, lr=0.5)], nn.CrossEntropyLoss(), CPU,
-                      TrainingConfig(epochs=4), callbacks=[EMA(0.5), best])
+                      TrainingConfig(epochs=4), callbacks=[EMA(0.5), best], task=CLASSIFIER)
     snapshots = Snapshots(trainer.eval_model)
     trainer.callbacks.append(snapshots)
     trainer.fit(DataLoader(separable(24), batch_size=8),
@@ -709,6 +715,6 @@ def test_mixup_soft_targets_train_and_count_accuracy(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     (optimizer,) = build_optimizers(model, OptimizerConfig("SGD", {"lr": 0.1}))
     trainer = Trainer(model, [optimizer], nn.CrossEntropyLoss(), torch.device("cpu"),
-                      TrainingConfig(epochs=2))
+                      TrainingConfig(epochs=2), task=CLASSIFIER)
     history = trainer.fit(soft_batches)
     assert all(0 <= row["train_accuracy"] <= 1 for row in history)

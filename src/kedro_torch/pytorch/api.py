@@ -285,7 +285,7 @@ def _fit_here(
     )
     callbacks = [*callbacks, *from_settings(config, model_config, model)]
     trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,
-                             callbacks, checkpoints, checkpoint_tags, task)
+                             callbacks, checkpoints, checkpoint_tags, task=task)
     logger.info("Training %s on %s for %d epochs%s", type(model).__name__, device,
                 config.epochs, _in_processes(trainer.plan, train_loader.batch_size))
     if checkpoints is not None:

@@ -35,7 +35,7 @@ from kedro_torch.pytorch.config import TrainingConfig
 from kedro_torch.pytorch.interrupts import StopRequest, TrainingInterrupted, stop_on_signals
 from kedro_torch.pytorch.loaders import batches_on
 from kedro_torch.pytorch.optimizers import ScheduledLR
-from kedro_torch.pytorch.tasks.base import Classification, Task
+from kedro_torch.pytorch.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +145,10 @@ def predict(
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
-    max_batches: int | None = None, task: Task | None = None,
+    max_batches: int | None = None, *, task: Task,
 ) -> dict[str, float]:
     """The task's epoch metrics (``loss`` and the task's own) over a loader, or its first
     ``max_batches``."""
-    task = task or Classification()
     model.eval()
     sums = task.metric_sums(device)
     for index, (inputs, targets) in enumerate(batches_on(loader, device)):
@@ -189,10 +188,11 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         checkpoints: CheckpointStore | None = None,
         checkpoint_tags: Mapping[str, str] | None = None,
-        task: Task | None = None,
+        *,
+        task: Task,
     ):
         check_loop(settings, device, [type(o) for o in optimizers])
-        self.task = task or Classification()
+        self.task = task
         precision = str(settings.precision)
         self.plan = distributed.plan(settings, device)
         self.model = model.to(device)
@@ -234,9 +234,9 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Train up to ``settings.epochs``; return one row of metrics per epoch.
 
-        A row holds ``epoch`` (from 1), ``train_loss``, ``train_accuracy``, ``val_loss``
-        and ``val_accuracy`` (with a validation loader) and the ``lr`` of the epoch's
-        start. With ``resume``, training continues from the last checkpoint.
+        A row holds ``epoch`` (from 1), ``train_`` and (with a validation loader)
+        ``val_`` figures of the task (``loss`` and its own), and the ``lr`` of the
+        epoch's start. With ``resume``, training continues from the last checkpoint.
         """
         self._check_monitor(val_loader)
         generators = _sampler_generators(train_loader)
@@ -277,7 +277,7 @@ class Trainer:
         row: dict[str, float] = {"epoch": epoch} | {f"train_{k}": v for k, v in train.items()}
         if val_loader is not None:
             val = evaluate(self.eval_model, val_loader, self.loss_fn, self.device,
-                           self.settings.max_batches_per_epoch, self.task)
+                           self.settings.max_batches_per_epoch, task=self.task)
             row |= {f"val_{k}": v for k, v in val.items()}
         row["lr"] = lr
         for scheduled in self.schedulers:

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from kedro_torch.pytorch import engine, tasks
-from kedro_torch.pytorch.config import InferenceConfig, parse
+from kedro_torch.pytorch.config import InferenceConfig, ParameterError, parse
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def predict(
     task = tasks.create(spec.task, getattr(spec, "preprocessing", None))
     samples = table if "table" in task.sources else listing
     if samples is None:
-        raise ValueError(
+        raise ParameterError(
             f"the trained model ({spec.task}) predicts a table, but the catalog entry "
             "'inference_table' loaded nothing: pass it at run time (--params "
             "inference_table_path=table.csv) or set the entry in conf/local/catalog.yml")

@@ -12,8 +12,10 @@ from kedro_torch.pytorch import images
 class Source:
     """Where a run's samples come from; override what differs."""
 
-    # The catalog entry the source reads (None: it reads none).
+    # The catalog entry the source reads (None: it reads none), and the one the
+    # inference pipeline predicts for data of its kind.
     entry: ClassVar[str | None] = None
+    inference_entry: ClassVar[str] = "inference_images"
 
     def ingest(self, loaded: Any, config: Any) -> pd.DataFrame:
         """What the catalog entry loaded -> the table of samples the task prepares."""

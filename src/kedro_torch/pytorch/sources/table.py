@@ -12,6 +12,7 @@ from kedro_torch.pytorch.sources.base import Source
 
 class TableSource(Source):
     entry = "raw_table"
+    inference_entry = "inference_table"
 
     def ingest(self, loaded: pd.DataFrame | None, config: DataConfig) -> pd.DataFrame:
         if loaded is None:
