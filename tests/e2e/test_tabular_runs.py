@@ -134,9 +134,9 @@ def test_the_served_champion_answers_rows_with_gaps_and_names_a_missing_column(
     # The documented port, on a free one: another server on it would answer instead.
     documented = re.search(r"--port (\d+)", block("tables-serve")).group(1)
     port = free_port()
-    command, request = (block(name).replace(f":{documented}", f":{port}")
+    command, request = (text.replace(f":{documented}", f":{port}")
                         .replace(f"--port {documented}", f"--port {port}")
-                        for name in ("tables-serve", "tables-serve-request"))
+                        for text in (block("tables-serve"), block("tables-serve-request")))
     sent = json.loads(re.search(r"-d '(.*)'", request, re.DOTALL).group(1))["dataframe_split"]
     coding = TablePreprocessing.from_dict(json.loads(
         newest(clone, "05_model_input/preprocessing.json").read_text()))
