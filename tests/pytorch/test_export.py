@@ -32,7 +32,7 @@ def test_saved_and_reloaded_exports_match_eager_at_batch_1_and_7(model, images):
                 "exported_program": torch.export.load(program_file).module()}
     report = compare_with_eager(model, exported, images, [1, 7], tolerance=1e-5)
     assert report["within_tolerance"]
-    assert report["images"] == 10
+    assert report["samples"] == 10
     for per_size in report["max_abs_difference"].values():
         assert set(per_size) == {"batch_size_1", "batch_size_7"}
         assert max(per_size.values()) <= 1e-5

@@ -218,7 +218,7 @@ def fit(
     dataloaders: Mapping[str, DataLoader],
     config: TrainingConfig,
     *,
-    num_classes: int,
+    num_classes: int | None = None,
     model_config: ModelConfig | None = None,
     checkpoints: CheckpointStore | None = None,
     callbacks: Sequence[engine.Callback] = (),
@@ -226,6 +226,9 @@ def fit(
     task: Task | None = None,
 ) -> FitResult:
     """Train on ``dataloaders["train"]``, validating on ``"val"`` if there is one.
+
+    ``num_classes`` sizes ``training.loss.class_weights: balanced`` (the largest
+    training target decides without it; a regression has none).
 
     ``model_config`` says whether the backbone starts frozen; ``checkpoints`` is where
     every epoch's checkpoint goes and ``training.resume`` reads from (see
@@ -263,7 +266,7 @@ def _fit_here(
     config: TrainingConfig,
     device: torch.device,
     *,
-    num_classes: int,
+    num_classes: int | None,
     model_config: ModelConfig | None,
     checkpoints: CheckpointStore | None,
     callbacks: Sequence[engine.Callback],

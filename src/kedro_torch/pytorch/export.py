@@ -1,8 +1,8 @@
 """A trained model in the forms people deploy: TorchScript and a torch.export program.
 
-Both take a batch of normalized images of any size along the batch dimension,
-batch size 1 included, and are checked against the eager model before anyone
-relies on them.
+Both take a batch of the model's input (normalized images, a table's coded rows) of any
+size along the batch dimension, batch size 1 included, and are checked against the
+eager model before anyone relies on them.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ def to_exported_program(model: nn.Module, example: torch.Tensor) -> ExportedProg
 def max_abs_difference(
     reference: Callable[[torch.Tensor], torch.Tensor],
     candidate: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
+    samples: torch.Tensor,
     batch_size: int,
 ) -> float:
-    """The largest absolute difference of the two models' outputs over ``images``,
+    """The largest absolute difference of the two models' outputs over ``samples``,
     fed in batches of ``batch_size`` (the last one may be smaller)."""
     largest = 0.0
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
         largest = max(largest, (reference(batch) - candidate(batch)).abs().max().item())
     return largest
 
@@ -50,7 +50,7 @@ def max_abs_difference(
 def compare_with_eager(
     eager: nn.Module,
     exported: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
-    images: torch.Tensor,
+    samples: torch.Tensor,
     batch_sizes: Sequence[int],
     tolerance: float,
 ) -> dict:
@@ -59,13 +59,13 @@ def compare_with_eager(
     eager.eval()
     differences = {
         name: {
-            f"batch_size_{size}": max_abs_difference(eager, model, images, size)
+            f"batch_size_{size}": max_abs_difference(eager, model, samples, size)
             for size in batch_sizes
         }
         for name, model in exported.items()
     }
     return {
-        "images": len(images),
+        "samples": len(samples),
         "tolerance": tolerance,
         "max_abs_difference": differences,
         "within_tolerance": all(

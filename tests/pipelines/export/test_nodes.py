@@ -28,7 +28,7 @@ def test_exports_are_checked_on_the_test_split(state_dict, model_input):
     script, program = nodes.export_model(state_dict, SPEC, LABEL_MAP)
     report = nodes.verify_exports(script, program, state_dict, SPEC, LABEL_MAP, model_input, {},
                                   {"batch_sizes": [1, 3]})
-    assert report["images"] == 8
+    assert report["samples"] == 8
     assert report["within_tolerance"]
     assert set(report["max_abs_difference"]["exported_program"]) == {"batch_size_1",
                                                                       "batch_size_3"}
@@ -51,5 +51,5 @@ def test_exports_are_checked_on_the_samples_of_a_torchvision_dataset(state_dict)
     script, program = nodes.export_model(state_dict, SPEC, LABEL_MAP)
     report = nodes.verify_exports(script, program, state_dict, SPEC, LABEL_MAP, model_input,
                                   data, {"batch_sizes": [2]})
-    assert report["images"] == 5
+    assert report["samples"] == 5
     assert report["within_tolerance"]

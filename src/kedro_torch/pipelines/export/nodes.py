@@ -48,7 +48,7 @@ def verify_exports(
         api.split_batch(model_input, spec, parse(DataConfig, data_params, "data")),
         config.batch_sizes, config.tolerance,
     )
-    logger.info("Exports vs eager on %d test samples: %s", report["images"],
+    logger.info("Exports vs eager on %d test samples: %s", report["samples"],
                 report["max_abs_difference"])
     export.require_within_tolerance(report)
     return report
