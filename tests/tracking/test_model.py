@@ -22,15 +22,8 @@ LABEL_MAP = {"cat": 0, "dog": 1}
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    """A fresh SQLite tracking store and registry, set for this module only."""
-    folder = tmp_path_factory.mktemp("mlflow")
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("tests")
-    yield MlflowClient(uri)
-    mlflow.set_tracking_uri(previous)
+def tracking(sqlite_tracking):
+    return MlflowClient(sqlite_tracking)
 
 
 def version_with_metric(client: MlflowClient, name: str, value: float | None) -> str:

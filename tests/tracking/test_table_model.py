@@ -38,15 +38,8 @@ FEATURES = ["length", "colour", "legs"]
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
-    """A fresh SQLite tracking store and registry, set for this module only."""
-    folder = tmp_path_factory.mktemp("mlflow")
-    previous = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("tests")
-    yield uri
-    mlflow.set_tracking_uri(previous)
+def tracking(sqlite_tracking):
+    return sqlite_tracking
 
 
 def trained(kind: str, target: str) -> tuple[dict[str, torch.Tensor], TableModelSpec]:
