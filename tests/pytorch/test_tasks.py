@@ -26,7 +26,7 @@ from kedro_torch.pytorch.sources.base import Source
 from kedro_torch.pytorch.tasks.base import Task
 from kedro_torch.pytorch.tensor_loader import TensorBatches
 from tests.conftest import PROJECT_ROOT
-from tests.own_models import WideAndDeep
+from tests.own_models import TinyConvNet, WideAndDeep
 
 PYTORCH = PROJECT_ROOT / "src" / "kedro_torch" / "pytorch"
 
@@ -159,3 +159,17 @@ def test_the_loop_trains_a_task_defined_outside_the_project_and_reports_its_metr
         hits = (result.model(val_features).squeeze(1).sign() == val_targets).double().mean()
     assert result.history[-1]["val_hits"] == pytest.approx(hits.item(), abs=1e-12)
     assert result.history[-1]["val_hits"] > 0.9
+
+
+def test_an_image_model_given_by_import_path_gets_the_images_shapes_and_its_kwargs():
+    data_config = DataConfig(channels=3)
+    model = api.build_model(ModelConfig(name="tests.own_models:TinyConvNet",
+                                        kwargs={"width": 6}),
+                            data_config, {"cat": 0, "dog": 1, "owl": 2}, {}, seed=0)
+    assert isinstance(model, TinyConvNet)
+    assert (model.features[0].in_channels, model.fc.in_features, model.fc.out_features) == (
+        3, 6, 3)
+    with pytest.raises(ParameterError, match=r"^model\.kwargs\.depth: TinyConvNet takes no "
+                                             r"argument 'depth'"):
+        api.build_model(ModelConfig(name="tests.own_models:TinyConvNet", kwargs={"depth": 2}),
+                        data_config, {"cat": 0}, {}, seed=0)
