@@ -41,10 +41,7 @@ class TableModelSpec:
 
     def model_arguments(self) -> dict[str, Any]:
         """The shapes the data gives the model's constructor."""
-        preprocessing = TablePreprocessing.from_dict(self.preprocessing)
-        return {"numeric_features": preprocessing.numeric_width,
-                "cardinalities": preprocessing.cardinalities,
-                "num_outputs": len(preprocessing.classes or []) or 1}
+        return TablePreprocessing.from_dict(self.preprocessing).model_arguments
 
     def build_model(self, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
         """The architecture with these exact weights, in eval mode.

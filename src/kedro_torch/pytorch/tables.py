@@ -173,6 +173,13 @@ class TablePreprocessing:
         return [len(self.categories[c]) + 1 for c in self.categorical]
 
     @property
+    def model_arguments(self) -> dict[str, Any]:
+        """The shapes a model of this table takes (:class:`~kedro_torch.pytorch.models.
+        TabularMLP`'s, and what a model of the user's own may name)."""
+        return {"numeric_features": self.numeric_width, "cardinalities": self.cardinalities,
+                "num_outputs": len(self.classes or []) or 1}
+
+    @property
     def feature_names(self) -> list[str]:
         return [*self.numeric, *self.categorical]
 

@@ -21,6 +21,17 @@ class Source:
         """What the catalog entry loaded -> the table of samples the task prepares."""
         raise NotImplementedError
 
+    def given(self, loaded: Any, config: Any, example: str) -> Any:
+        """What the source's catalog entry loaded; an entry whose path nobody set loads
+        None, refused with the two ways to set it (``example``: a file name to show)."""
+        if loaded is None:
+            raise ValueError(
+                f"data.source is {config.source!r} but the catalog entry {self.entry!r} loaded "
+                f"nothing: pass it at run time (--params {self.entry}_path={example}) or set "
+                "the entry in conf/local/catalog.yml"
+            )
+        return loaded
+
     def samples(self, config: Any) -> images.ImageSource:
         """What reads the images a manifest names: files by default."""
         return images.FILES

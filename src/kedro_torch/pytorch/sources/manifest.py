@@ -13,13 +13,8 @@ class ManifestSource(Source):
     entry = "raw_manifest"
 
     def ingest(self, loaded: data.ImageTable | None, config: DataConfig) -> pd.DataFrame:
-        if loaded is None:
-            raise ValueError(
-                "data.source is 'manifest' but the catalog entry 'raw_manifest' loaded "
-                "nothing: pass the table at run time (--params raw_manifest_path=images.csv) "
-                "or set the entry's filepath in conf/local/catalog.yml"
-            )
-        return data.manifest_from_table(loaded, config.manifest.path_column,
+        return data.manifest_from_table(self.given(loaded, config, "images.csv"),
+                                        config.manifest.path_column,
                                         config.manifest.label_column)
 
     def judge(self, loaded: data.ImageTable, config: DataConfig, name: str | None) -> None:

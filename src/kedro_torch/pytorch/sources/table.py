@@ -15,12 +15,7 @@ class TableSource(Source):
     inference_entry = "inference_table"
 
     def ingest(self, loaded: pd.DataFrame | None, config: DataConfig) -> pd.DataFrame:
-        if loaded is None:
-            raise ValueError(
-                "data.source is 'table' but the catalog entry 'raw_table' loaded nothing: "
-                "pass the table at run time (--params raw_table_path=table.csv) or set the "
-                "entry in conf/local/catalog.yml (any dataset that loads a pandas DataFrame)"
-            )
+        loaded = self.given(loaded, config, "table.csv")
         if not isinstance(loaded, pd.DataFrame):
             raise ValueError(f"data.source is 'table' but the catalog entry 'raw_table' "
                              f"loaded a {type(loaded).__name__}, not a pandas DataFrame")

@@ -219,6 +219,9 @@ class Classification(Task):
     def summarize(self, totals: Mapping[str, float]) -> dict[str, float]:
         return super().summarize(totals) | {"accuracy": totals["correct"] / totals["seen"]}
 
+    def test_metrics(self, report: dict) -> dict[str, float]:
+        return metrics.flat_test_metrics(report)
+
 
 @dataclass(frozen=True)
 class Scored:

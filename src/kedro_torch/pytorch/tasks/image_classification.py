@@ -82,9 +82,6 @@ class ImageClassification(Classification):
         return _evaluate(state_dict, spec, model_input, label_map, config, data_config,
                          images, device, split)
 
-    def test_metrics(self, report: dict) -> dict[str, float]:
-        return metrics.flat_test_metrics(report)
-
     def data_note(self, report: dict, config: DataConfig) -> tuple[str, dict[str, int], str]:
         return (f"{report['images_used']} images in {len(report['images_per_class'])} "
                 "classes", report["images_per_split"],

@@ -73,7 +73,7 @@ class _Table(Task):
 
     def model_arguments(self, config: DataConfig, label_map: Mapping[str, int],
                         preprocessing: Mapping[str, Any]) -> dict[str, Any]:
-        return TableModelSpec("", dict(preprocessing)).model_arguments()
+        return tables.TablePreprocessing.from_dict(dict(preprocessing)).model_arguments
 
     def spec(self, model: ModelConfig, config: DataConfig,
              preprocessing: Mapping[str, Any]) -> TableModelSpec:
@@ -164,9 +164,6 @@ class TabularClassification(Classification, _Table):
 
     def probe_arguments(self, config: DataConfig) -> dict[str, Any]:
         return {"numeric_features": 2, "cardinalities": [3], "num_outputs": 2}
-
-    def test_metrics(self, report: dict) -> dict[str, float]:
-        return metrics.flat_test_metrics(report)
 
     def _score(self, outputs: torch.Tensor, targets: torch.Tensor,
                coding: tables.TablePreprocessing) -> float:
