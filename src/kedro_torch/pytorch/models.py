@@ -77,14 +77,14 @@ def check_model_name(name: str, key: str = "model.name") -> None:
 
 
 def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
-    """Build a fresh model by registry name, adapted to ``in_channels`` inputs.
+    """A fresh image classifier by name: :func:`build` with the shapes images give."""
+    return build(name, {"num_classes": num_classes, "in_channels": in_channels}, kwargs)
 
-    torchvision models are built without weights (nothing is downloaded) and,
-    for grayscale input, get a first convolution that takes one channel.
-    """
-    check_model_name(name)
-    if name in PROJECT_MODELS:
-        return PROJECT_MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+def _torchvision_model(name: str, num_classes: int, in_channels: int,
+                       kwargs: Mapping[str, Any]) -> nn.Module:
+    """A torchvision model without weights (nothing is downloaded); for grayscale input
+    it gets a first convolution that takes one channel."""
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if in_channels != 3:
         _adapt_first_conv(model, in_channels)
@@ -335,10 +335,11 @@ def build(name: str, given: Mapping[str, Any], kwargs: Mapping[str, Any],
     """A fresh model by ``model.name``: a torchvision model for images (``given`` holds
     ``num_classes`` and ``in_channels``), or a class of :data:`PROJECT_MODELS` or of the
     user's own by import path, taking from ``given`` the shapes it names."""
-    if name not in PROJECT_MODELS and name in torchvision.models.list_models():
+    check_model_name(name, key)
+    if name not in PROJECT_MODELS and ":" not in name:  # a torchvision model
         if "in_channels" not in given:
             raise ParameterError(f"{key}: {name} is a torchvision image model; this task's "
                                  f"inputs are not images. Use one of "
                                  f"{', '.join(sorted(PROJECT_MODELS))} or an import path")
-        return build_model(name, given["num_classes"], given["in_channels"], **kwargs)
+        return _torchvision_model(name, given["num_classes"], given["in_channels"], kwargs)
     return build_from_class(model_class(name, key), kwargs, given)
