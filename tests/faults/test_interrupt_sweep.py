@@ -41,24 +41,22 @@ def run_and_interrupt(project: Path, digits: Path, after: float | None) -> tuple
     output, and whether the signal came before the pipeline had completed."""
     process = subprocess.Popen(command(digits), cwd=project, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               # Unbuffered: each line is read as it is written, so the
-                               # test knows whether the pipeline had completed.
                                env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    lines: list[tuple[float, str]] = []
-    reader = threading.Thread(target=lambda: lines.extend(
-        (time.monotonic(), line) for line in process.stdout), daemon=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
-    sent = None
+    sent = False
     if after is not None:
         time.sleep(after)
         if process.poll() is None:
-            sent = time.monotonic()
+            sent = True
             os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=300)
     reader.join(timeout=30)
-    done = [moment for moment, line in lines if DONE in line]
-    in_time = sent is not None and (not done or sent < done[0])
-    return process.returncode, "".join(line for _, line in lines), in_time
+    output = "".join(lines)
+    # Judged by what the process wrote, not by when this thread read it: a signal is
+    # handled at once, so one sent before the last node ended leaves no DONE line.
+    return process.returncode, output, sent and DONE not in output
 
 
 def test_ctrl_c_at_any_moment_is_an_interrupt(tmp_path, small_digits):
@@ -87,9 +85,11 @@ def test_ctrl_c_at_any_moment_is_an_interrupt(tmp_path, small_digits):
                for after, status, output, in_time, opened in tries if in_time]
     assert len(counted) >= 30, f"only {len(counted)} signals came before the pipeline completed"
     # Before Kedro has imported enough to run the project's code, Python itself dies of
-    # the signal: the shell reports 130 for that too.
+    # the signal: the shell reports 130 for that too. Within the interpreter's own
+    # start-up (importing `site`, the first milliseconds) Python reports a fatal error.
     wrong = [(round(after, 2), status, output[-1500:]) for after, status, output, _ in counted
-             if status not in (130, -signal.SIGINT)]
+             if status not in (130, -signal.SIGINT)
+             and not output.startswith("Fatal Python error: init_import_site")]
     assert not wrong, f"{len(wrong)} of {len(counted)} tries did not end with 130: {wrong[:3]}"
     lies = [(round(after, 2), run.info.status) for after, _, _, opened in counted
             for run in opened if run.info.status != "KILLED"]

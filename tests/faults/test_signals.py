@@ -5,6 +5,7 @@ where it stopped, and a resume from the checkpoint it wrote finishes the job."""
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -74,3 +75,39 @@ def test_a_signal_mid_training_kills_the_run_cleanly_and_it_resumes(
     assert continued.info.status == "FINISHED"
     assert continued.data.tags["resumed_with.training.epochs"] == str(epoch)
     assert continued.data.params["training.epochs"] == "500"  # as its first part ran
+
+
+# The `kedro` command, with MLflow's start_run sending the process SIGINT as soon as
+# the run is open: the moment inside kedro-mlflow's hook, before this project's
+# hooks that follow the run have run.
+CTRL_C_AS_THE_RUN_OPENS = """
+import os, signal, sys
+import mlflow
+from kedro.framework.cli import main
+
+start_run = mlflow.start_run
+
+def start_run_then_ctrl_c(*args, **kwargs):
+    run = start_run(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)
+    return run
+
+mlflow.start_run = start_run_then_ctrl_c
+sys.argv = ["kedro", "run", "--pipelines", "training", "--params", sys.argv[1]]
+main()
+"""
+
+
+def test_ctrl_c_as_kedro_mlflow_opens_the_run_leaves_it_killed(project, small_digits):
+    """Without the exit handler registered from the start, MLflow's own closed such a
+    run as FINISHED while the command exited 130."""
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AS_THE_RUN_OPENS,
+         f"raw_images_path={small_digits},training.epochs=1"],
+        cwd=project, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 130, result.stdout + result.stderr
+    run = newest_run(project)
+    assert run.info.status == "KILLED", result.stderr
+    assert not MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_model_versions(
+        f"run_id='{run.info.run_id}'")

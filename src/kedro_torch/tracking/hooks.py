@@ -261,10 +261,14 @@ class InterruptedRunHook(FollowsTheRun):
 
     _at_exit = False
 
-    @hook_impl(trylast=True)
-    def before_pipeline_run(self) -> None:
-        super().before_pipeline_run()
-        if not self._at_exit:  # after MLflow's own exit handler, so it runs before it
+    @hook_impl
+    def after_context_created(self) -> None:
+        """Before kedro-mlflow can open the run: a signal while its hook opens it ends
+        the process before this class's other hooks have run. Registered once MLflow is
+        imported, so that it runs before MLflow's own exit handler."""
+        import mlflow  # noqa: F401, PLC0415
+
+        if not self._at_exit:
             atexit.register(self._killed_on_the_way_out)
             self._at_exit = True
 
@@ -273,19 +277,22 @@ class InterruptedRunHook(FollowsTheRun):
         """Imported here, not with the module: marking the run imports MLflow."""
         interrupted = interruption(error)
         if self._run_id is not None and interrupted is not None:
-            self._mark(interrupted)
+            self._mark(self._run_id, interrupted)
 
     def _killed_on_the_way_out(self) -> None:
+        """The run still open as the process leaves on a signal: this process's, or
+        the one kedro-mlflow had just opened when the signal came."""
         import mlflow  # noqa: PLC0415
 
         signum, run = received(), mlflow.active_run()
-        if signum is not None and run is not None and run.info.run_id == self._run_id:
-            self._mark(Interrupted(signum))
+        if signum is not None and run is not None:
+            self._mark(run.info.run_id, Interrupted(signum))
             mlflow.end_run("KILLED")
 
-    def _mark(self, interrupted: Interrupted) -> None:
+    @staticmethod
+    def _mark(run_id: str, interrupted: Interrupted) -> None:
         from kedro_torch.tracking import outbox, runs  # noqa: PLC0415
 
-        if not outbox.kept(self._run_id):  # else its end waits with its other records
-            runs.mark_interrupted(self._run_id, interrupted)
+        if not outbox.kept(run_id):  # else its end waits with its other records
+            runs.mark_interrupted(run_id, interrupted)
 
