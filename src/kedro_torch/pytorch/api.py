@@ -284,7 +284,7 @@ def _fit_here(
     )
     loss_fn = optimizers.build_loss(
         config.loss, getattr(train_loader.dataset, "targets", None), num_classes,
-        default=task.default_loss,
+        default=task.default_loss, defaults=task.loss_defaults(),
     )
     callbacks = [*callbacks, *from_settings(config, model_config, model)]
     trainer = engine.Trainer(model, optimizer_list, loss_fn, device, config, schedulers,

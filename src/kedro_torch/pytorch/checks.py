@@ -204,7 +204,8 @@ def _step_a_probe(training: TrainingConfig, data: DataConfig | None, main: type)
             monitor_mode=training.mode,
         )
         loss_fn = optimization.build_loss(training.loss, targets[plain], probe.fc.out_features,
-                                          default=task.default_loss)
+                                          default=task.default_loss,
+                                          defaults=task.loss_defaults())
         mixed = data is not None and bool(data.transforms.train_batch) and len(targets) > 1
         trained_on = list(targets)[1] if mixed else plain
         validated = data is None or data.split.val > 0

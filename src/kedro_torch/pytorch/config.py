@@ -70,6 +70,7 @@ class NormalizeConfig:
 class ManifestConfig:
     path_column: str = "path"
     label_column: str = "label"
+    mask_column: str = "mask_path"  # segmentation: the mask of the image in path_column
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,33 @@ class TableConfig:
 
 
 @dataclass(frozen=True)
+class SegmentationConfig:
+    """The classes of segmentation masks: a mask's pixel value is its class's index."""
+
+    classes: list[str] = field(default_factory=list)
+    # RGB per class, for drawn masks and palette PNGs; empty: PASCAL VOC's colour map.
+    colors: list[list[int]] = field(default_factory=list)
+    ignore_index: int = 255  # pixels that count for nothing (VOC's object borders)
+
+    def validate(self, key: str) -> None:
+        if len(set(self.classes)) != len(self.classes):
+            raise ParameterError(f"{key}.classes names a class twice: {self.classes}")
+        if self.colors and len(self.colors) != len(self.classes):
+            raise ParameterError(f"{key}.colors needs one RGB triple per class "
+                                 f"({len(self.classes)}), got {len(self.colors)}")
+        if any(len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) for rgb in self.colors):
+            raise ParameterError(f"{key}.colors: each colour is [red, green, blue], 0-255")
+        if 0 <= self.ignore_index < len(self.classes):
+            raise ParameterError(f"{key}.ignore_index {self.ignore_index} is the index of class "
+                                 f"{self.classes[self.ignore_index]!r}; use a value no class has")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     task: str = "image_classification"  # a name of kedro_torch.pytorch.tasks' registry
     source: str = "folder"  # a name of kedro_torch.pytorch.sources' registry
     table: TableConfig = field(default_factory=TableConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)
     image_size: int = 16
@@ -163,6 +187,8 @@ class DataConfig:
             raise ParameterError(f"{key}.table.target is required for {key}.task {self.task}: "
                                  "the column to predict")
         _positive(self.table.max_categories, f"{key}.table.max_categories")
+        self.segmentation.validate(f"{key}.segmentation")
+        task.check_config(self, key)
         if self.source == "torchvision" and not self.torchvision.name:
             raise ParameterError(f"{key}.torchvision.name is required when {key}.source is "
                                  "torchvision: a torchvision.datasets class, e.g. CIFAR10")

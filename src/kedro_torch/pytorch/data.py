@@ -211,11 +211,32 @@ def manifest_from_table(table: ImageTable, path_column: str, label_column: str,
     return _sorted_and_counted(manifest)
 
 
-def _table_columns(frame: pd.DataFrame, path_column: str, label_column: str, key: str
-                   ) -> list[str]:
+def pairs_from_table(table: ImageTable, path_column: str, mask_column: str,
+                     key: str = "data.manifest") -> pd.DataFrame:
+    """A manifest of images with their masks (segmentation) from a table; other columns
+    are kept. Paths resolve as :func:`manifest_from_table`'s; a row without a mask is
+    kept without one, for the pair check to set aside and report."""
+    frame = table.frame
+    extra = _table_columns(frame, path_column, mask_column, key, ("path_column", "mask_column"))
+    if frame[path_column].isna().any():
+        raise DataError(f"manifest rows without a path in column {path_column!r}")
+    written, masks = frame[path_column].astype(str), frame[mask_column]
+    manifest = pd.DataFrame({
+        "path": written.map(lambda p: _resolve(table.folder, p)).to_numpy(),
+        "relative_path": written.to_numpy(),
+        "mask_path": [None if missing else _resolve(table.folder, str(mask))
+                      for mask, missing in zip(masks, _unlabelled(masks), strict=True)],
+    })
+    for column in extra:
+        manifest[column] = frame[column].to_numpy()
+    return manifest.sort_values("relative_path", ignore_index=True)
+
+
+def _table_columns(frame: pd.DataFrame, path_column: str, label_column: str, key: str,
+                   names: tuple[str, str] = ("path_column", "label_column")) -> list[str]:
     """The table's columns other than the path and the label, once both are found and
     no other clashes with a column the pipeline adds."""
-    for column, name in ((path_column, "path_column"), (label_column, "label_column")):
+    for column, name in zip((path_column, label_column), names, strict=True):
         if column not in frame.columns:
             raise DataError(
                 f"{key}.{name}: the manifest has no column {column!r}; its columns are "

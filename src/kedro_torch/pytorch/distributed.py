@@ -289,15 +289,17 @@ def wrap(model: nn.Module, device: torch.device, resolved: Plan,
 
 
 def sum_across_ranks(*values: torch.Tensor) -> list[torch.Tensor]:
-    """Each value summed over the ranks (one all-reduce); the values themselves alone."""
+    """Each value (a count, or a confusion matrix) summed over the ranks in one
+    all-reduce; the values themselves alone."""
     if not is_distributed():
         return list(values)
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
-    stacked = torch.stack([value.to(torch.float64) for value in values])
-    dist.all_reduce(stacked)
-    return list(stacked.unbind())
+    flat = torch.cat([value.to(torch.float64).flatten() for value in values])
+    dist.all_reduce(flat)
+    return [part.view(value.shape) for part, value in
+            zip(flat.split([value.numel() for value in values]), values, strict=True)]
 
 
 def agreed_signal(signum: int | None) -> int | None:

@@ -163,7 +163,8 @@ def _epoch_metrics(task: Task, sums: dict[str, torch.Tensor]) -> dict[str, float
     """Means over every rank's samples: the sums are added up across ranks first, and
     read from the device once."""
     totals = distributed.sum_across_ranks(*sums.values())
-    return task.summarize({name: total.item() for name, total in zip(sums, totals, strict=True)})
+    return task.summarize({name: total.item() if total.ndim == 0 else total.cpu()
+                           for name, total in zip(sums, totals, strict=True)})
 
 
 class Trainer:

@@ -181,7 +181,7 @@ class ImageManifestDataset(Dataset):
             return image
         if seed is None:
             return self.transform(image)
-        with _seeded(seed):
+        with seeded(seed):
             return self.transform(image)
 
     def _normalized(self, batch: torch.Tensor) -> torch.Tensor:
@@ -208,7 +208,7 @@ class ImageManifestDataset(Dataset):
         targets = self.targets[[index for index, _ in pairs]]
         seed = pairs[0][1]
         if self.batch_transform is not None and seed is not None:
-            with _seeded(seed + 1):
+            with seeded(seed + 1):
                 batch, targets = self.batch_transform(batch, targets)
         return batch, targets
 
@@ -237,7 +237,7 @@ def batches_on(loader: Iterable, device: torch.device) -> Iterator[tuple[torch.T
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     """Run a block under ``seed`` on the CPU generator, restoring its state afterwards.
 
     Only the CPU generator: transforms draw from it, and ``torch.manual_seed``

@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 
 from kedro_torch.pytorch.config import ParameterError
+from kedro_torch.pytorch.segmentation import UNet
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,12 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
 
 def _torchvision_model(name: str, num_classes: int, in_channels: int,
                        kwargs: Mapping[str, Any]) -> nn.Module:
-    """A torchvision model without weights (nothing is downloaded); for grayscale input
+    """A torchvision model without weights (nothing is downloaded: nor a segmentation
+    model's backbone weights, unless ``weights_backbone`` is given); for grayscale input
     it gets a first convolution that takes one channel."""
+    builder = torchvision.models.get_model_builder(name)
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        kwargs = {"weights_backbone": None, **kwargs}
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if in_channels != 3:
         _adapt_first_conv(model, in_channels)
@@ -267,6 +272,7 @@ class TabularMLP(nn.Module):
 
 
 PROJECT_MODELS["tabular_mlp"] = TabularMLP
+PROJECT_MODELS["unet"] = UNet
 
 
 def model_class(name: str, key: str = "model.name") -> type[nn.Module]:

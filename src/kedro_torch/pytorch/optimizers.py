@@ -32,6 +32,7 @@ from kedro_torch.pytorch.config import (
     SchedulerConfig,
 )
 from kedro_torch.pytorch.models import head_parameter_names
+from kedro_torch.pytorch.segmentation import DiceCrossEntropyLoss, DiceLoss
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,12 @@ def scheduler_classes() -> dict[str, type]:
 
 
 def loss_classes() -> dict[str, type]:
+    """The losses of ``torch.nn`` and the project's own."""
     return {
         name: cls
         for name, cls in classes_in(nn, nn.Module).items()
         if issubclass(cls, nn.modules.loss._Loss)
-    }
+    } | {cls.__name__: cls for cls in (DiceLoss, DiceCrossEntropyLoss)}
 
 
 def resolve(name: str, registry: dict[str, type], key: str) -> type:
@@ -404,12 +406,15 @@ def import_callable(path: Any, key: str) -> Callable:
 def build_loss(
     config: LossConfig, train_targets: torch.Tensor | None = None,
     num_classes: int | None = None, key: str = "training.loss",
-    default: str = "CrossEntropyLoss",
+    default: str = "CrossEntropyLoss", defaults: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """The loss named in ``config``, or the task's ``default`` when it names none;
     ``class_weights: balanced`` weighs each class by the inverse of its share of the
-    training targets."""
+    training targets. ``defaults`` are the task's arguments (segmentation's
+    ``ignore_index``), given to a class that takes them unless ``config`` sets them."""
     cls = resolve(config.name or default, loss_classes(), f"{key}.name")
+    taken = inspect.signature(cls).parameters
+    defaults = {name: value for name, value in (defaults or {}).items() if name in taken}
     kwargs = _given(config.kwargs)
     if config.class_weights == "balanced":
         if "weight" not in inspect.signature(cls).parameters:
@@ -417,7 +422,7 @@ def build_loss(
         if train_targets is None:
             raise ParameterError(f"{key}.class_weights: balanced weights need the training targets")
         kwargs["weight"] = balanced_class_weights(train_targets, num_classes)
-    return _construct(cls, f"{key}.kwargs", **kwargs)
+    return _construct(cls, f"{key}.kwargs", defaults=defaults, **kwargs)
 
 
 def balanced_class_weights(

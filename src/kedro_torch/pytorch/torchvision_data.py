@@ -60,10 +60,18 @@ TARGET_ATTRIBUTES = ("targets", "labels", "_labels", "y")
 CLASS_NAME_ATTRIBUTES = ("classes", "categories")
 
 
-def dataset_classes() -> dict[str, type]:
-    """The classification datasets of ``torchvision.datasets``, by class name."""
-    return {name: cls for name, cls in classes_in(datasets, VisionDataset).items()
-            if name not in NOT_CLASSIFICATION}
+# The classes whose samples are an image and its mask of class indices.
+SEGMENTATION = frozenset({"VOCSegmentation", "SBDataset", "Cityscapes"})
+
+
+def dataset_classes(kind: str = "classification") -> dict[str, type]:
+    """The datasets of ``torchvision.datasets`` whose samples are of ``kind``
+    (``classification``: an image and a class; ``segmentation``: an image and a mask),
+    by class name."""
+    every = classes_in(datasets, VisionDataset)
+    if kind == "segmentation":
+        return {name: cls for name, cls in every.items() if name in SEGMENTATION}
+    return {name: cls for name, cls in every.items() if name not in NOT_CLASSIFICATION}
 
 
 class TorchvisionSamples:
@@ -74,8 +82,9 @@ class TorchvisionSamples:
     workers started by any method open their own.
     """
 
-    def __init__(self, config: TorchvisionConfig):
-        self.cls = resolve(config.name, dataset_classes(), f"{KEY}.name")
+    def __init__(self, config: TorchvisionConfig, kind: str = "classification"):
+        self.kind = kind
+        self.cls = resolve(config.name, dataset_classes(kind), f"{KEY}.name")
         self.name = self.cls.__name__
         named, accepted = _arguments_taken(self.cls)
         self.root = os.path.abspath(config.root) if config.root is not None else None
@@ -87,7 +96,9 @@ class TorchvisionSamples:
         if config.download and "download" not in accepted:
             raise ParameterError(f"{KEY}.download: {self.name} cannot download its files")
         self.download = config.download
-        chooser = "train" if "train" in accepted else "split" if "split" in accepted else None
+        # VOC's classes choose theirs with image_set (train, val, trainval)
+        chooser = next((name for name in ("train", "split", "image_set") if name in accepted),
+                       None)
         for name in config.kwargs:
             if name in RESERVED_ARGUMENTS or name == chooser:
                 raise ParameterError(
@@ -145,21 +156,26 @@ class TorchvisionSamples:
         dataset has a test split of its own, ``own_split`` (train or test)."""
         frames = []
         for segment, dataset in self.open().items():
-            targets = _targets(dataset, self.name)
-            names = _class_names(dataset, int(targets.max(initial=-1)) + 1)
-            relative = [f"{segment}/{index}" for index in range(len(targets))]
-            frame = pd.DataFrame({
-                "path": [f"{SCHEME}{self.name}/{path}" for path in relative],
-                "relative_path": relative,
-                "label": np.asarray(names, dtype=object)[targets] if names else
-                targets.astype(str),
-            })
+            relative = [f"{segment}/{index}" for index in range(len(dataset))]
+            paths = [f"{SCHEME}{self.name}/{path}" for path in relative]
+            if self.kind == "segmentation":  # a sample holds its mask: the same path
+                frame = pd.DataFrame({"path": paths, "relative_path": relative,
+                                      "mask_path": paths})
+            else:
+                targets = _targets(dataset, self.name)
+                names = _class_names(dataset, int(targets.max(initial=-1)) + 1)
+                frame = pd.DataFrame({
+                    "path": paths, "relative_path": relative,
+                    "label": np.asarray(names, dtype=object)[targets] if names else
+                    targets.astype(str),
+                })
             if self.test_segment is not None:
                 frame[OWN_SPLIT] = "test" if segment == self.test_segment else "train"
             frames.append(frame)
         manifest = pd.concat(frames, ignore_index=True)
-        logger.info("Found %d samples in %d classes in torchvision.datasets.%s (%s)",
-                    len(manifest), manifest["label"].nunique(), self.name,
+        classes = f" in {manifest['label'].nunique()} classes" if "label" in manifest else ""
+        logger.info("Found %d samples%s in torchvision.datasets.%s (%s)",
+                    len(manifest), classes, self.name,
                     ", ".join(f"{len(f)} {s}" for s, f in zip(self.splits, frames, strict=True)))
         return manifest
 
@@ -173,14 +189,19 @@ class TorchvisionSamples:
 
     # --- reading samples (the three methods of images.ImageSource) -----------------------
 
-    def image(self, path: str) -> Image.Image:
-        """The sample a manifest path names, as the dataset gives it."""
+    def sample(self, path: str) -> tuple[Any, Any]:
+        """The sample a manifest path names, as the dataset gives it: the image and
+        its target (a class index, or a mask)."""
         name, _, rest = path.removeprefix(SCHEME).partition("/")
         segment, _, index = rest.rpartition("/")
         if not path.startswith(SCHEME) or name != self.name or segment not in self.splits:
             raise ValueError(f"{path!r} names no sample of {self.name} as {KEY} reads it "
                              f"(splits {', '.join(self.splits)})")
-        image = self.dataset(segment)[int(index)][0]
+        return self.dataset(segment)[int(index)]
+
+    def image(self, path: str) -> Image.Image:
+        """The image of the sample a manifest path names."""
+        image = self.sample(path)[0]
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         if not isinstance(image, Image.Image):
@@ -242,7 +263,7 @@ def _splits(name: str, chooser: str | None, config: TorchvisionConfig) -> dict[s
         raise ParameterError(f"{KEY}.test_split: the same split as {KEY}.train_split "
                              f"({config.train_split!r}); name another, or null")
     chosen = [config.train_split] + ([config.test_split] if config.test_split else [])
-    return {segment: {"split": segment} for segment in chosen}
+    return {segment: {chooser: segment} for segment in chosen}
 
 
 def _call(arguments: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from kedro_torch.pytorch import tasks
 from kedro_torch.pytorch.distributed import is_main_process
+from kedro_torch.pytorch.segmentation_inference import SegmentationSpec
 from kedro_torch.pytorch.table_inference import TableModelSpec
 from kedro_torch.tracking import model as mlflow_model
 from kedro_torch.tracking import outbox
@@ -66,7 +67,10 @@ class MlflowServedModelDataset(AbstractDataset[dict, None]):
         """Log and register the model in the active run; promote it if it is better."""
         registered_name = data["registered_model_name"]
         spec = tasks.load_spec(data["model_spec"])  # its class says which model it is
-        if isinstance(spec, TableModelSpec):
+        if isinstance(spec, SegmentationSpec):
+            info = mlflow_model.log_segmentation_model(
+                self._name, data["state_dict"], spec, data["batch_size"], registered_name)
+        elif isinstance(spec, TableModelSpec):
             info = mlflow_model.log_table_model(
                 self._name, data["state_dict"], spec, pd.DataFrame(data["input_example"]),
                 data["batch_size"], registered_name,

@@ -38,6 +38,8 @@ from PIL import Image
 
 from kedro_torch.pytorch.checkpoints import load_weights, state_dict_from
 from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec
+from kedro_torch.pytorch.segmentation import mask_png
+from kedro_torch.pytorch.segmentation_inference import SegmentationSpec, Segmenter
 from kedro_torch.pytorch.table_inference import TableModelSpec, TablePredictor
 from kedro_torch.pytorch.tables import TablePreprocessing
 
@@ -102,8 +104,41 @@ class TableModel(mlflow.pyfunc.PythonModel):
         return self._predictor.predict(model_input, self._batch_size).reset_index(drop=True)
 
 
+class SegmentationModel(mlflow.pyfunc.PythonModel):
+    """``predict`` takes a table of images as :class:`ImageClassifierModel` does (a
+    ``path`` or the ``image`` bytes per row) and returns, per row in input order, the
+    ``mask`` as a PNG of class indices at the image's own size (base64 in a JSON
+    response), its ``width`` and ``height``, ``share_<class>`` of its pixels, and
+    ``error`` (why a file could not be read; such a row has no mask)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        spec = SegmentationSpec.from_dict(read_json(context.artifacts, "model_spec"))
+        self._segmenter = Segmenter.from_state_dict(
+            read_state_dict(context.artifacts), spec,
+            batch_size=int(context.model_config["batch_size"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        rows = []
+        for file in image_files(model_input):
+            try:
+                (mask,) = self._segmenter.predict_files([file])
+            except Exception as error:  # one unreadable file is that row's error
+                rows.append({"path": file if isinstance(file, str) else "",
+                             "error": f"{type(error).__name__}: {error}"})
+                continue
+            rows.append({"path": file if isinstance(file, str) else "",
+                         "mask": mask_png(mask, self._segmenter.spec.palette()),
+                         "width": mask.shape[1], "height": mask.shape[0],
+                         **{f"share_{name}": share
+                            for name, share in self._segmenter.shares(mask).items()},
+                         "error": None})
+        return pd.DataFrame(rows, columns=[
+            column.name for column in segmentation_signature(self._segmenter.spec).outputs])
+
+
 # What model_code.py builds, by the "kind" in the logged model's model_config.
-MODEL_KINDS = {"image": ImageClassifierModel, "table": TableModel}
+MODEL_KINDS = {"image": ImageClassifierModel, "table": TableModel,
+               "segmentation": SegmentationModel}
 
 
 def read_json(artifacts: Mapping[str, str], name: str) -> dict:
@@ -156,12 +191,26 @@ def signature(classes: int, top_k: int) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
-def input_example(spec: ModelSpec) -> pd.DataFrame:
+def input_example(spec: ModelSpec | SegmentationSpec) -> pd.DataFrame:
     """A blank PNG of the model's input size, as the ``image`` column carries it."""
     mode = "L" if spec.channels == 1 else "RGB"
     buffer = io.BytesIO()
     Image.new(mode, (spec.image_size, spec.image_size), "gray").save(buffer, format="PNG")
     return pd.DataFrame({"image": [buffer.getvalue()]})
+
+
+def segmentation_signature(spec: SegmentationSpec) -> ModelSignature:
+    """Inputs as an image classifier's; outputs as :class:`SegmentationModel`'s."""
+    outputs = [ColSpec(DataType.string, "path", required=False),
+               ColSpec(DataType.binary, "mask", required=False),
+               ColSpec(DataType.long, "width", required=False),
+               ColSpec(DataType.long, "height", required=False),
+               *(ColSpec(DataType.double, f"share_{name}", required=False)
+                 for name in spec.classes),
+               ColSpec(DataType.string, "error", required=False)]
+    inputs = Schema([ColSpec(DataType.string, "path", required=False),
+                     ColSpec(DataType.binary, "image", required=False)])
+    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
 def table_signature(preprocessing: TablePreprocessing) -> ModelSignature:
@@ -205,6 +254,21 @@ def log_image_classifier(
         {"kind": "image", "top_k": top_k, "batch_size": batch_size},
         signature(len(label_map), top_k), input_example(spec), registered_model_name,
         own_code(spec.model_name),
+    )
+
+
+def log_segmentation_model(
+    name: str,
+    state_dict: Mapping[str, torch.Tensor],
+    spec: SegmentationSpec,
+    batch_size: int,
+    registered_model_name: str | None = None,
+) -> ModelInfo:
+    """Log the segmentation model to the active run; register it when a name is given."""
+    return log_pyfunc(
+        name, state_dict, {"model_spec": spec.to_dict()},
+        {"kind": "segmentation", "batch_size": batch_size}, segmentation_signature(spec),
+        input_example(spec), registered_model_name, own_code(spec.model_name),
     )
 
 

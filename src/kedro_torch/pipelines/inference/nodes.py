@@ -4,11 +4,14 @@ samples that could not be read out."""
 
 from __future__ import annotations
 
+import io
 import logging
+from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
 import torch
+from PIL import Image
 
 from kedro_torch.pytorch import engine, tasks
 from kedro_torch.pytorch.config import InferenceConfig, ParameterError, parse
@@ -23,7 +26,7 @@ def predict(
     model_spec: dict[str, Any],
     label_map: dict[str, int],
     inference_params: dict[str, Any],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Image.Image]]:
     """Predict every image under the folder, or every row of the table, as the trained
     model's task reads its samples; report what could not be read."""
     spec = tasks.load_spec(model_spec)
@@ -40,4 +43,14 @@ def predict(
         engine.resolve_device("auto"))
     logger.info("Predicted %d samples; %d could not be read%s", len(predictions),
                 len(failures), " (see inference_failures)" if len(failures) else "")
-    return predictions, failures
+    return predictions, failures, mask_files(predictions)
+
+
+def mask_files(predictions: pd.DataFrame) -> dict[str, Image.Image]:
+    """A segmentation model's masks (its ``mask_png`` column, taken out of the table)
+    as images named as theirs; none for other tasks."""
+    if "mask_png" not in predictions:
+        return {}
+    return {str(PurePosixPath(name).with_suffix("")): Image.open(io.BytesIO(png))
+            for name, png in zip(predictions["relative_path"], predictions.pop("mask_png"),
+                                 strict=True)}

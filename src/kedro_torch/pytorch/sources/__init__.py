@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "manifest": "kedro_torch.pytorch.sources.manifest:ManifestSource",
     "torchvision": "kedro_torch.pytorch.sources.torchvision:TorchvisionSource",
     "table": "kedro_torch.pytorch.sources.table:TableSource",
+    "mask_folder": "kedro_torch.pytorch.sources.mask_folder:MaskFolderSource",
 }
 
 

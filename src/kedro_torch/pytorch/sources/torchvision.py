@@ -16,7 +16,9 @@ class TorchvisionSource(Source):
         return self.samples(config).manifest()
 
     def samples(self, config: DataConfig) -> TorchvisionSamples:
-        return TorchvisionSamples(config.torchvision)
+        from kedro_torch.pytorch import tasks  # noqa: PLC0415 (tasks import the sources)
+
+        return TorchvisionSamples(config.torchvision, tasks.get(config.task).samples_kind)
 
     def describe(self, config: DataConfig) -> dict[str, Any]:
         return self.samples(config).describe()

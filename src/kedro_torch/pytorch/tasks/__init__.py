@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "image_classification": "kedro_torch.pytorch.tasks.image_classification:ImageClassification",
     "tabular_classification": "kedro_torch.pytorch.tasks.tabular:TabularClassification",
     "tabular_regression": "kedro_torch.pytorch.tasks.tabular:TabularRegression",
+    "semantic_segmentation": "kedro_torch.pytorch.tasks.segmentation:SemanticSegmentation",
 }
 
 

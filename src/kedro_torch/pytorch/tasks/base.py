@@ -67,11 +67,20 @@ class Task:
     # The task's epoch figures besides ``loss``, and whether they should go up or down.
     epoch_metrics: ClassVar[dict[str, Literal["min", "max"]]] = {}
 
+    # What a torchvision dataset's samples must be for this task (``data.source:
+    # torchvision``): an image and a class, or an image and a mask.
+    samples_kind: ClassVar[str] = "classification"
+
     # The class of the task's model_spec.json (``from_dict``).
     spec_type: ClassVar[type]
 
     def __init__(self, preprocessing: Mapping[str, Any] | None = None):
         self.preprocessing = dict(preprocessing or {})
+
+    @classmethod
+    def check_config(cls, config: Any, key: str) -> None:
+        """Refuse ``data`` parameters (``config``, found under ``key``) this task cannot
+        train with, before any work."""
 
     # --- data, model, evaluation and serving: what the plain API asks of a task --------
     # Each task implements these; the signatures are those of image classification's.
@@ -162,6 +171,10 @@ class Task:
         names = ("loss", *cls.epoch_metrics)
         return tuple(f"{stage}_{name}" for stage in ("train", "val") for name in names)
 
+    def loss_defaults(self) -> dict[str, Any]:
+        """Arguments the task gives the loss unless ``training.loss.kwargs`` sets them."""
+        return {}
+
     def step(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
              loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward pass and the loss of one batch."""
@@ -179,9 +192,9 @@ class Task:
         sums["loss"] += loss.detach() * len(targets)
         sums["seen"] += len(targets)
 
-    def summarize(self, totals: Mapping[str, float]) -> dict[str, float]:
-        """The epoch's figures from the sums of every rank: ``loss`` and
-        :attr:`epoch_metrics`."""
+    def summarize(self, totals: Mapping[str, Any]) -> dict[str, float]:
+        """The epoch's figures from the sums of every rank (a float each, a CPU tensor
+        for a sum that is not one number): ``loss`` and :attr:`epoch_metrics`."""
         return {"loss": totals["loss"] / totals["seen"]}
 
 
