@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from kedro_torch.pytorch import api, distributed, engine, loaders
+from kedro_torch.pytorch import api, distributed, engine, loaders, tasks
 from kedro_torch.pytorch.config import (
     DataConfig,
     OptimizerConfig,
@@ -29,7 +29,9 @@ from kedro_torch.pytorch.config import (
     parse,
 )
 from kedro_torch.pytorch.distributed import RankShardedSampler, shard_for_this_rank
+from kedro_torch.pytorch.segmentation import UNet
 from kedro_torch.pytorch.tasks import image_classification
+from kedro_torch.pytorch.tasks.segmentation import PairDataset, Pairs
 from tests.conftest import copy_digits
 
 CLASSIFIER = image_classification.ImageClassification()  # what the loop is given
@@ -370,3 +372,46 @@ def test_devices_2_starts_two_workers_whose_result_and_events_come_back(digits):
         torch.testing.assert_close(result.state_dict[key], tensor, rtol=0, atol=1e-5)
         torch.testing.assert_close(result.model.state_dict()[key], tensor, rtol=0, atol=1e-5)
     assert multiprocessing.active_children() == []
+
+
+def _segmentation_val_loader(shard: bool):
+    """29 random pairs of three classes, some pixels ignored, in batches of 4."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (29, 3, 8, 8), dtype=torch.uint8, generator=generator)
+    masks = torch.randint(0, 3, (29, 8, 8), dtype=torch.uint8, generator=generator)
+    masks[:, 0, 0] = 255
+    dataset = PairDataset(Pairs({str(i): i for i in range(29)}, images, masks),
+                          {"mean": [0.5], "std": [0.5]}, None)
+    return loaders.build_dataloaders({"val": dataset}, DataConfig(num_workers=0,
+                                                                  eval_batch_size=4),
+                                     0, shard=shard)["val"]
+
+
+def _segmentation_model() -> nn.Module:
+    torch.manual_seed(0)
+    return UNet(num_classes=3, in_channels=3, width=4, depth=1).eval()
+
+
+SEGMENTER = tasks.create("semantic_segmentation", {"classes": ["a", "b", "c"],
+                                                   "ignore_index": 255})
+
+
+def _evaluate_segmentation_as_rank(rank: int, folder: str) -> None:
+    distributed.start(TrainingConfig(), distributed.plan(TrainingConfig(), CPU))
+    try:
+        result = engine.evaluate(_segmentation_model(), _segmentation_val_loader(shard=True),
+                                 nn.CrossEntropyLoss(ignore_index=255), CPU, task=SEGMENTER)
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        distributed.stop()
+
+
+def test_mean_iou_over_two_ranks_is_the_one_process_figure(tmp_path, one_thread):
+    """The ranks sum their confusion matrices: a mean of their mIoUs would differ."""
+    run_ranks(_evaluate_segmentation_as_rank, str(tmp_path))
+    alone = engine.evaluate(_segmentation_model(), _segmentation_val_loader(shard=False),
+                            nn.CrossEntropyLoss(ignore_index=255), CPU, task=SEGMENTER)
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["miou"] == pytest.approx(alone["miou"], abs=1e-9)
+        assert result["pixel_accuracy"] == pytest.approx(alone["pixel_accuracy"], abs=1e-9)
