@@ -36,6 +36,7 @@ from kedro_torch.pytorch.config import (
     InferenceConfig,
     ModelConfig,
     ParameterError,
+    SegmentationConfig,
 )
 from kedro_torch.pytorch.inference import image_files
 from kedro_torch.pytorch.segmentation_inference import (
@@ -83,7 +84,9 @@ class SemanticSegmentation(Task):
 
     @property
     def ignore_index(self) -> int:
-        return int(self.preprocessing["ignore_index"])
+        """The preprocessing's; the default for the parameter checks, which step a
+        probe before any data is prepared."""
+        return int(self.preprocessing.get("ignore_index", SegmentationConfig.ignore_index))
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -135,7 +138,7 @@ class SemanticSegmentation(Task):
             images = read_pairs(model_input, config)
         datasets = {
             split: PairDataset(images.select(rows["content_hash"]), preprocessing,
-                               _transform(config, "train" if split == "train" else "eval"))
+                               pair_transform(config, "train" if split == "train" else "eval"))
             for split, rows in model_input.groupby("split", sort=False)
         }
         return loaders.build_dataloaders(datasets, config, seed, pin_memory)
@@ -430,11 +433,15 @@ def _sums(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --- feeding -------------------------------------------------------------------------------
 
 
-def _transform(config: DataConfig, stage: str) -> v2.Transform | None:
+def pair_transform(config: DataConfig, stage: str) -> v2.Transform | None:
     """The stage's ``data.transforms`` on image and mask together, ending at
-    ``image_size`` (masks resize nearest-neighbour, as ``v2`` resizes a ``Mask``)."""
+    ``image_size`` (masks resize nearest-neighbour, as ``v2`` resizes a ``Mask``).
+
+    What a crop, rotation or zoom-out adds around an image is black, and ignored in its
+    mask (``fill`` unless the parameters give one): padding is no background."""
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: config.segmentation.ignore_index}
     steps = loaders.build_transforms(config.transforms.steps(stage),
-                                     f"data.transforms.{stage}")
+                                     f"data.transforms.{stage}", fill=fill)
     return loaders.image_transform(steps, config.image_size, config.decode_size)
 
 
