@@ -112,7 +112,7 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
     task = tasks.create(parse(DataConfig, context.params.get("data"), "data").task)
     for name in task.headline:
         if name in run.data.metrics:
-            lines.append(f"  {_said(name):<15}{run.data.metrics[name]:.4f}")
+            lines.append(f"  {_said(name):<14} {run.data.metrics[name]:.4f}")
     hint = ui_hint(mlflow.get_tracking_uri(), Path(context.project_path), info.experiment_id,
                    info.run_id)
     lines.append(f"  see it         {hint}")
@@ -130,10 +130,11 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
 
 
 def _said(metric: str) -> str:
-    """``test_accuracy`` as a reader says it: ``test accuracy``; R², RMSE and MAE as
-    they are written."""
+    """``test_accuracy`` as a reader says it: ``test accuracy``; R², RMSE, MAE and mIoU
+    as they are written."""
     words = metric.split("_")
-    return " ".join({"r2": "R²", "rmse": "RMSE", "mae": "MAE"}.get(w, w) for w in words)
+    return " ".join({"r2": "R²", "rmse": "RMSE", "mae": "MAE", "miou": "mIoU"}.get(w, w)
+                    for w in words)
 
 
 def ui_hint(tracking_uri: str, project: Path, experiment_id: str, run_id: str) -> str:
