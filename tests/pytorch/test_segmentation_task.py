@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from kedro_torch.pytorch import api, data, loaders, optimizers, sources, tasks
+from kedro_torch.pytorch import api, data, loaders, models, optimizers, sources, tasks
 from kedro_torch.pytorch.checks import validate_parameters
 from kedro_torch.pytorch.config import (
     DataConfig,
@@ -21,7 +21,7 @@ from kedro_torch.pytorch.config import (
     TrainingConfig,
     parse,
 )
-from kedro_torch.pytorch.segmentation_inference import Segmenter
+from kedro_torch.pytorch.segmentation_inference import SegmentationSpec, Segmenter
 from kedro_torch.pytorch.tasks.segmentation import PairDataset, Pairs, pair_transform
 from tests.segmentation_data import write_bad_pairs, write_folder_pair
 
@@ -228,3 +228,15 @@ def test_what_a_crop_pads_around_an_image_is_ignored_in_its_mask():
         _, mask = dataset.__getitems__([(0, seed)])
         seen |= set(mask.unique().tolist())
     assert seen == {1, 255}
+
+
+def test_a_torchvision_model_is_served_and_scripted_by_its_logits():
+    spec = SegmentationSpec("lraspp_mobilenet_v3_large", 3, 32, [0.5], [0.5], CLASSES, [])
+    weights = models.build(spec.model_name, spec.model_arguments(), {}).state_dict()
+    model = spec.build_model(weights)
+    inputs = torch.randn(2, 3, 32, 32)
+    assert model(inputs).shape == (2, 3, 32, 32)
+    torch.testing.assert_close(torch.jit.script(model)(inputs), model(inputs))
+    unet = SegmentationSpec("unet", 3, 32, [0.5], [0.5], CLASSES, [], model_kwargs={"width": 4})
+    assert type(unet.build_model(models.build("unet", unet.model_arguments(),
+                                              {"width": 4}).state_dict())).__name__ == "UNet"

@@ -26,17 +26,27 @@ from kedro_torch.pytorch.config import DataConfig, ModelConfig
 
 
 class Logits(nn.Module):
-    """A segmentation model that answers with its logits alone: torchvision's return
-    a dict (``out``, and ``aux`` for the auxiliary loss), which tracing, export and
-    serving do not want."""
+    """A torchvision segmentation model answering with its logits alone: it returns a
+    dict (``out``, and ``aux`` for the auxiliary loss), which export and serving do not
+    want. Typed, so that TorchScript compiles it."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        outputs = self.model(inputs)
-        return outputs["out"] if isinstance(outputs, dict) else outputs
+        outputs: dict[str, torch.Tensor] = self.model(inputs)
+        return outputs["out"]
+
+
+@torch.no_grad()
+def answering_with_logits(model: nn.Module, channels: int, size: int) -> nn.Module:
+    """``model`` in eval mode, wrapped in :class:`Logits` if it answers with a dict (as
+    torchvision's do; one forward pass of a blank image tells)."""
+    model.eval()
+    if isinstance(model(torch.zeros(1, channels, size, size)), dict):
+        return Logits(model).eval()
+    return model
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ class SegmentationSpec:
         answering with its logits."""
         model = models.build(self.model_name, self.model_arguments(), self.model_kwargs)
         model.load_state_dict(models.strip_wrapper_prefixes(state_dict))
-        return Logits(model).eval()
+        return answering_with_logits(model, self.channels, self.image_size)
 
     def decode(self, file: str | bytes) -> np.ndarray:
         """An image file, its path or its bytes, decoded as training decoded it."""
