@@ -13,24 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kedro_torch.pytorch.segmentation import palette
+
 # PASCAL VOC marks the pixels along each object's outline 255: "void", counted nowhere.
 VOC_VOID = 255
 
 
 def voc_palette() -> list[int]:
-    """PASCAL VOC's colour map, flat (r, g, b, r, g, ...) for ``Image.putpalette``: the
-    bits of each index spread over the channels, highest bits first, so index 255 is
-    VOC's light "void" colour."""
-    flat = []
-    for index in range(256):
-        channels = [0, 0, 0]
-        bits = index
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                channels[channel] |= ((bits >> channel) & 1) << shift
-            bits >>= 3
-        flat.extend(channels)
-    return flat
+    """PASCAL VOC's colour map, flat (r, g, b, r, g, ...) for ``Image.putpalette``;
+    index 255 is VOC's light "void" colour."""
+    return [value for rgb in palette(256) for value in rgb]
 
 
 def _class_colours(classes: int) -> np.ndarray:

@@ -198,6 +198,17 @@ class Task:
         return {"loss": totals["loss"] / totals["seen"]}
 
 
+class ImageInputs:
+    """For a task whose model takes images: the shapes the data gives its constructor."""
+
+    def model_arguments(self, config: Any, label_map: Mapping[str, int],
+                        preprocessing: Mapping[str, Any]) -> dict[str, Any]:
+        return {"num_classes": len(label_map), "in_channels": config.channels}
+
+    def probe_arguments(self, config: Any) -> dict[str, Any]:
+        return {"num_classes": 2, "in_channels": config.channels}
+
+
 def hard_labels(targets: torch.Tensor) -> torch.Tensor:
     """Class indices, also from the soft (batch, classes) targets of MixUp and CutMix:
     their accuracy counts the class with the largest share."""

@@ -42,6 +42,7 @@ from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec, image_file
 from kedro_torch.pytorch.tasks.base import (
     Classification,
     Evaluation,
+    ImageInputs,
     PreparedData,
     classification_figures,
     score_classifier,
@@ -50,7 +51,7 @@ from kedro_torch.pytorch.tasks.base import (
 logger = logging.getLogger(__name__)
 
 
-class ImageClassification(Classification):
+class ImageClassification(ImageInputs, Classification):
     name = "image_classification"
     sources = ("folder", "manifest", "torchvision")
     spec_type = ModelSpec
@@ -63,13 +64,6 @@ class ImageClassification(Classification):
                       config: DataConfig, seed: int, images: ImageStore | None,
                       pin_memory: bool) -> dict[str, DataLoader]:
         return _build_loaders(model_input, preprocessing, config, seed, images, pin_memory)
-
-    def model_arguments(self, config: DataConfig, label_map: Mapping[str, int],
-                        preprocessing: Mapping[str, Any]) -> dict[str, Any]:
-        return {"num_classes": len(label_map), "in_channels": config.channels}
-
-    def probe_arguments(self, config: DataConfig) -> dict[str, Any]:
-        return {"num_classes": 2, "in_channels": config.channels}
 
     def spec(self, model: ModelConfig, config: DataConfig,
              preprocessing: Mapping[str, Any]) -> ModelSpec:

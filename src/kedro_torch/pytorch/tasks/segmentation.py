@@ -45,7 +45,7 @@ from kedro_torch.pytorch.segmentation_inference import (
     at_size,
     image_size_of,
 )
-from kedro_torch.pytorch.tasks.base import Evaluation, PreparedData, Task
+from kedro_torch.pytorch.tasks.base import Evaluation, ImageInputs, PreparedData, Task
 from kedro_torch.pytorch.torchvision_data import TorchvisionSamples
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ CHECK_THREADS = 8  # PIL decodes without the GIL
 AUX_WEIGHT = 0.5  # the auxiliary head's share of the loss, as torchvision's reference
 
 
-class SemanticSegmentation(Task):
+class SemanticSegmentation(ImageInputs, Task):
     name = "semantic_segmentation"
     sources = ("mask_folder", "manifest", "torchvision")
     default_loss = "CrossEntropyLoss"
@@ -142,13 +142,6 @@ class SemanticSegmentation(Task):
             for split, rows in model_input.groupby("split", sort=False)
         }
         return loaders.build_dataloaders(datasets, config, seed, pin_memory)
-
-    def model_arguments(self, config: DataConfig, label_map: Mapping[str, int],
-                        preprocessing: Mapping[str, Any]) -> dict[str, Any]:
-        return {"num_classes": len(label_map), "in_channels": config.channels}
-
-    def probe_arguments(self, config: DataConfig) -> dict[str, Any]:
-        return {"num_classes": 2, "in_channels": config.channels}
 
     def spec(self, model: ModelConfig, config: DataConfig,
              preprocessing: Mapping[str, Any]) -> SegmentationSpec:
