@@ -240,3 +240,19 @@ def test_a_torchvision_model_is_served_and_scripted_by_its_logits():
     unet = SegmentationSpec("unet", 3, 32, [0.5], [0.5], CLASSES, [], model_kwargs={"width": 4})
     assert type(unet.build_model(models.build("unet", unet.model_arguments(),
                                               {"width": 4}).state_dict())).__name__ == "UNet"
+
+
+def test_an_unreadable_file_is_its_own_failure_and_spoils_no_other(tmp_path):
+    spec = SegmentationSpec("unet", 3, 16, [0.5], [0.5], CLASSES, [],
+                            model_kwargs={"width": 4, "depth": 2})
+    segmenter = Segmenter.from_state_dict(
+        models.build("unet", spec.model_arguments(), spec.model_kwargs).state_dict(), spec)
+    Image.new("RGB", (20, 10), "red").save(tmp_path / "wide.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    good, broken, missing = segmenter.predict_each(
+        [str(tmp_path / name) for name in ("wide.png", "notes.png", "gone.png")])
+    assert good.shape == (10, 20) and good.dtype == np.uint8
+    assert "not an image" in broken
+    assert "cannot read" in missing
+    with pytest.raises(ValueError, match="not an image"):
+        segmenter.predict_files([str(tmp_path / "notes.png")])

@@ -148,15 +148,34 @@ class Segmenter:
                                                           self.spec.image_size,
                                                           dtype=torch.uint8)
 
-    def predict_files(self, files: Sequence[str | bytes]) -> list[np.ndarray]:
-        """Each image file's (path or bytes) mask at the image's own size."""
-        decoded, sizes = [], []
+    def predict_each(self, files: Sequence[str | bytes]) -> list[np.ndarray | str]:
+        """Each image file's (path or bytes) mask at the image's own size, or why the
+        file could not be read: one bad file spoils no other. Predicted in batches."""
+        decoded, sizes, results = [], [], []
         for file in files:
-            data = file if isinstance(file, bytes) else images.read_bytes(file)
-            decoded.append(images.decode(data, self.spec.decode_size, self.spec.channels)[0])
-            sizes.append(image_size_of(data))
-        return [at_size(mask.numpy(), size) for mask, size in
-                zip(self.masks(decoded), sizes, strict=True)]
+            try:
+                data = file if isinstance(file, bytes) else images.read_bytes(file)
+            except OSError as error:
+                results.append(f"cannot read: {error}")
+                continue
+            try:
+                decoded.append(images.decode(data, self.spec.decode_size, self.spec.channels)[0])
+                sizes.append(image_size_of(data))
+            except Exception as error:  # PIL fails in many ways on broken files
+                results.append(images.decode_failure(error))
+                continue
+            results.append(None)
+        masks = iter([at_size(mask.numpy(), size) for mask, size in
+                      zip(self.masks(decoded), sizes, strict=True)])
+        return [next(masks) if result is None else result for result in results]
+
+    def predict_files(self, files: Sequence[str | bytes]) -> list[np.ndarray]:
+        """:meth:`predict_each`, for files that must all be read."""
+        results = self.predict_each(files)
+        failed = [result for result in results if isinstance(result, str)]
+        if failed:
+            raise ValueError(failed[0])
+        return results
 
     def shares(self, mask: np.ndarray) -> dict[str, float]:
         """Each class's share of a mask's pixels."""

@@ -118,16 +118,14 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             batch_size=int(context.model_config["batch_size"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        files = image_files(model_input)
         rows = []
-        for file in image_files(model_input):
-            try:
-                (mask,) = self._segmenter.predict_files([file])
-            except Exception as error:  # one unreadable file is that row's error
-                rows.append({"path": file if isinstance(file, str) else "",
-                             "error": f"{type(error).__name__}: {error}"})
+        for file, mask in zip(files, self._segmenter.predict_each(files), strict=True):
+            path = file if isinstance(file, str) else ""
+            if isinstance(mask, str):  # one unreadable file is that row's error
+                rows.append({"path": path, "error": mask})
                 continue
-            rows.append({"path": file if isinstance(file, str) else "",
-                         "mask": mask_png(mask, self._segmenter.spec.palette()),
+            rows.append({"path": path, "mask": mask_png(mask, self._segmenter.spec.palette()),
                          "width": mask.shape[1], "height": mask.shape[0],
                          **{f"share_{name}": share
                             for name, share in self._segmenter.shares(mask).items()},

@@ -22,7 +22,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 import torch
-from PIL import UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -198,17 +197,16 @@ class SemanticSegmentation(ImageInputs, Task):
         files = image_files(listing)
         segmenter = Segmenter.from_state_dict(state_dict, spec, device, config.batch_size)
         rows, failures = [], []
-        for file in files.itertuples():
-            try:
-                (mask,) = segmenter.predict_files([file.path])
-            except (OSError, UnidentifiedImageError, ValueError) as error:
+        for file, mask in zip(files.itertuples(), segmenter.predict_each(files["path"]),
+                              strict=True):
+            if isinstance(mask, str):
                 failures.append({"path": file.path, "relative_path": file.relative_path,
-                                 "reason": images.decode_failure(error)})
+                                 "reason": mask})
                 continue
-            shares = segmenter.shares(mask)
             rows.append({"path": file.path, "relative_path": file.relative_path,
                          "width": mask.shape[1], "height": mask.shape[0],
-                         **{f"share_{name}": share for name, share in shares.items()},
+                         **{f"share_{name}": share
+                            for name, share in segmenter.shares(mask).items()},
                          "mask_png": segmentation.mask_png(mask, spec.palette())})
         return (pd.DataFrame(rows), pd.DataFrame(failures,
                                                  columns=["path", "relative_path", "reason"]))
