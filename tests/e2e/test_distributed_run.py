@@ -162,16 +162,19 @@ def test_sigterm_stops_the_workers_of_training_devices_with_a_checkpoint(
         tmp_path_factory, small_digits, torchrun_job):
     """The signal reaches the parent only, as a scheduler sends it: the workers stop at
     the same step, rank 0 checkpoints, and a resume ends where the torchrun job ended."""
-    project = copy_project(tmp_path_factory.mktemp("project"))
-    checkpoints = project / "data" / "06_models" / "checkpoints"
-    job = subprocess.Popen([KEDRO, "run", "--pipelines", "training", "--params",
-                            f"{params(small_digits)},training.devices=2"],
-                           cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
-    wait_for_a_checkpoint(job, checkpoints)
-    job.send_signal(signal.SIGTERM)
-    output, _ = job.communicate(timeout=300)
-    assert job.returncode == 143, output[-3000:]
+    for _ in range(3):  # on a loaded machine the signal may come once training has ended
+        project = copy_project(tmp_path_factory.mktemp("project"))
+        checkpoints = project / "data" / "06_models" / "checkpoints"
+        job = subprocess.Popen([KEDRO, "run", "--pipelines", "training", "--params",
+                                f"{params(small_digits)},training.devices=2"],
+                               cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+        wait_for_a_checkpoint(job, checkpoints)
+        job.send_signal(signal.SIGTERM)
+        output, _ = job.communicate(timeout=300)
+        assert job.returncode == 143, output[-3000:]
+        if "training stopped by SIGTERM" in output:
+            break
     assert "training stopped by SIGTERM" in output
     (stopped,) = runs(project)
     assert stopped.info.status == "KILLED"
