@@ -22,7 +22,8 @@ run: install
 	$(BIN)/kedro run --pipelines training
 
 test: install
-	$(BIN)/ruff check src tests benchmarks data/01_raw/write_digits.py data/01_raw/write_penguins.py
+	$(BIN)/ruff check src tests benchmarks data/01_raw/write_digits.py data/01_raw/write_penguins.py \
+		data/01_raw/write_shapes_segmentation.py
 	$(BIN)/python -m pytest
 
 # Everything but the whole-pipeline runs (marker e2e): the loop while editing.
