@@ -23,7 +23,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check src tests benchmarks data/01_raw/write_digits.py data/01_raw/write_penguins.py \
-		data/01_raw/write_shapes_segmentation.py
+		data/01_raw/write_shapes_segmentation.py data/01_raw/write_shapes_detection.py
 	$(BIN)/python -m pytest
 
 # Everything but the whole-pipeline runs (marker e2e): the loop while editing.

@@ -16,6 +16,10 @@ task adds each training batch to a confusion matrix, for the epoch's mean IoU; t
 plain loop does too (a hand-written loop that reports mIoU has to), so that the two
 do the same work and the ratio is the loop's own cost.
 
+object_detection: the project's small FCOS on the bundled detection shapes
+(``data/01_raw/shapes_detection``), built as a run builds it, validated every epoch with
+COCO's mAP (torchmetrics) by both loops.
+
     .venv/bin/python benchmarks/parity.py [--task all] [--epochs N] [--rounds 3]
 """
 
@@ -41,6 +45,7 @@ import mlflow
 import pandas as pd
 import torch
 from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
 
 from kedro_torch.pytorch import api, data, engine, loaders, segmentation, sources, tasks
 from kedro_torch.pytorch.callbacks import RichProgressBar
@@ -62,13 +67,12 @@ CLASSIFIER = image_classification.ImageClassification()  # what the loop is give
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "01_raw"
 DIGITS = RAW / "digits"
-SHAPES = RAW / "shapes_segmentation"
 SEED, LR, BATCH, SIZE = 0, 0.003, 64, 16
 SHAPE_CLASSES, IGNORE = ["background", "circle", "square", "triangle"], 255
 # Epochs per run by default; the first of each is left out of the medians (it warms
 # caches up). Three rounds of the segmentation loops took about 3 minutes on two CPU
 # cores shared with other work.
-EPOCHS = {"image_classification": 5, "semantic_segmentation": 3}
+EPOCHS = {"image_classification": 5, "semantic_segmentation": 3, "object_detection": 3}
 
 Run = tuple[list[dict[str, float]], list[float]]  # per epoch: its figures, its seconds
 
@@ -137,31 +141,30 @@ def by_hand(epochs: int) -> Run:
     return rows, times
 
 
-# --- semantic segmentation ----------------------------------------------------------
+# --- semantic segmentation and object detection ----------------------------------
 
 
 @dataclass(frozen=True)
 class Shapes:
-    """The shapes, checked and split once; each run gets loaders of its own, built
-    alike, so that both loops draw the same batches in the same order."""
+    """A bundled shapes set, checked and split once; each run gets loaders of its own,
+    built alike, so that both loops draw the same batches in the same order."""
 
     config: DataConfig
     prepared: PreparedData
     model: nn.Module  # the initial weights, copied by each run
 
     @classmethod
-    def load(cls) -> Shapes:
-        if not (SHAPES / "images").is_dir() or not (SHAPES / "masks").is_dir():
-            raise SystemExit(f"{SHAPES} (images/ and masks/) is missing: write it with "
-                             f"{RAW / 'write_shapes_segmentation.py'}")
-        config = parse(DataConfig, {
-            "task": "semantic_segmentation", "source": "mask_folder", "image_size": 64,
-            "channels": 3, "segmentation": {"classes": SHAPE_CLASSES}, "num_workers": 0,
-            "normalize": {"mean": None, "std": None}}, "data")
-        manifest = sources.get("mask_folder").ingest(data.list_folder(str(SHAPES)), config)
+    def load(cls, folder: Path, writer: str, parameters: dict,
+             model: ModelConfig) -> Shapes:
+        if not folder.is_dir():
+            raise SystemExit(f"{folder} is missing: write it with {RAW / writer}")
+        config = parse(DataConfig, {"channels": 3, "num_workers": 0,
+                                    "normalize": {"mean": None, "std": None}} | parameters,
+                       "data")
+        manifest = sources.get(config.source).ingest(data.list_folder(str(folder)), config)
         prepared = api.prepare_data(manifest, config)
-        model = api.build_model(ModelConfig(name="unet", kwargs={"width": 8}), config,
-                                prepared.label_map, prepared.preprocessing, seed=SEED)
+        model = api.build_model(model, config, prepared.label_map, prepared.preprocessing,
+                                seed=SEED)
         return cls(config, prepared, model)
 
     def loaders(self) -> dict[str, torch.utils.data.DataLoader]:
@@ -169,10 +172,7 @@ class Shapes:
                                  self.config, seed=SEED, images=self.prepared.images)
 
 
-SEGMENTATION_FIGURES = ("train_loss", "train_miou", "val_loss", "val_miou")
-
-
-def segmentation_through_engine(shapes: Shapes, epochs: int) -> Run:
+def shapes_through_engine(shapes: Shapes, epochs: int, figures: tuple[str, ...]) -> Run:
     """As ``api.fit`` trains on one device, with a constant learning rate."""
     training = TrainingConfig(epochs=epochs, seed=SEED, device="cpu",
                               optimizer=OptimizerConfig("AdamW", {"lr": LR}),
@@ -181,8 +181,8 @@ def segmentation_through_engine(shapes: Shapes, epochs: int) -> Run:
     model = copy.deepcopy(shapes.model)
     split = shapes.loaders()
     task = tasks.create(shapes.config.task, shapes.prepared.preprocessing)
-    loss_fn = build_loss(training.loss, None, None, default=task.default_loss,
-                         defaults=task.loss_defaults())
+    loss_fn = None if task.default_loss is None else build_loss(
+        training.loss, None, None, default=task.default_loss, defaults=task.loss_defaults())
     timer = EpochTimer()
     with mlflow.start_run():
         trainer = engine.Trainer(
@@ -191,7 +191,10 @@ def segmentation_through_engine(shapes: Shapes, epochs: int) -> Run:
             callbacks=[RichProgressBar(), MlflowEpochLogger(), timer], task=task,
         )
         history = trainer.fit(split["train"], split["val"])
-    return [{name: row[name] for name in SEGMENTATION_FIGURES} for row in history], timer.times
+    return [{name: row[name] for name in figures} for row in history], timer.times
+
+
+SEGMENTATION_FIGURES = ("train_loss", "train_miou", "val_loss", "val_miou")
 
 
 def segmentation_by_hand(shapes: Shapes, epochs: int) -> Run:
@@ -245,6 +248,44 @@ def miou(confusion: torch.Tensor) -> float:
     hits = matrix.diag()
     union = matrix.sum(0) + matrix.sum(1) - hits
     return (hits[union > 0] / union[union > 0]).mean().item()
+
+
+DETECTION_FIGURES = ("train_loss", "val_map", "val_map50")
+
+
+def detection_by_hand(shapes: Shapes, epochs: int) -> Run:
+    """torchvision's reference loop: the model's losses summed and stepped; validation's
+    COCO mAP from torchmetrics, as a loop that reports it would."""
+    engine.seed_everything(SEED)
+    model = copy.deepcopy(shapes.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)  # as by_hand's
+    split = shapes.loaders()
+    rows, times = [], []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        total, seen = torch.zeros(()), 0
+        for images, targets in split["train"]:
+            optimizer.zero_grad()
+            loss = sum(model(images, list(targets)).values())
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(targets)
+            seen += len(targets)
+        rows.append({"train_loss": total.item() / seen, **detection_validate(model, split["val"])})
+        times.append(time.perf_counter() - start)
+    return rows, times
+
+
+@torch.inference_mode()
+def detection_validate(model: nn.Module, loader: torch.utils.data.DataLoader
+                       ) -> dict[str, float]:
+    model.eval()
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    for images, targets in loader:
+        metric.update(model(images), list(targets))
+    result = metric.compute()
+    return {"val_map": result["map"].item(), "val_map50": result["map_50"].item()}
 
 
 # --- the comparison -----------------------------------------------------------------
@@ -306,9 +347,18 @@ def loops(task: str) -> tuple[Callable[[int], Run], Callable[[int], Run]]:
     """The task's plain loop and its run through the engine."""
     if task == "image_classification":
         return by_hand, through_engine
-    shapes = Shapes.load()
-    return (lambda epochs: segmentation_by_hand(shapes, epochs),
-            lambda epochs: segmentation_through_engine(shapes, epochs))
+    if task == "semantic_segmentation":
+        shapes = Shapes.load(RAW / "shapes_segmentation", "write_shapes_segmentation.py", {
+            "task": task, "source": "mask_folder", "image_size": 64,
+            "segmentation": {"classes": SHAPE_CLASSES}}, ModelConfig("unet", {"width": 8}))
+        plain, figures = segmentation_by_hand, SEGMENTATION_FIGURES
+    else:
+        shapes = Shapes.load(RAW / "shapes_detection", "write_shapes_detection.py", {
+            "task": task, "source": "coco", "image_size": 128, "batch_size": 16,
+            "detection": {"classes": SHAPE_CLASSES[1:]}}, ModelConfig("small_fcos", {"width": 16}))
+        plain, figures = detection_by_hand, DETECTION_FIGURES
+    return (lambda epochs: plain(shapes, epochs),
+            lambda epochs: shapes_through_engine(shapes, epochs, figures))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ class, size, place, rotation and colour on a background of a colour gradient, st
 and noise. The colour is never tied to the class, so a model has to learn the outline;
 it is only kept apart from what lies beneath, so that the outline can be seen. A later
 shape paints over an earlier one, in the mask as in the image, but never hides much of
-it. The seed is fixed: a rerun writes the same bytes.
+it. The seed is fixed: a rerun writes the same bytes. The drawing functions take the
+image's size, so that write_shapes_detection.py draws its larger images the same way.
 """
 
 from pathlib import Path
@@ -35,34 +36,47 @@ def main(out_dir: Path = Path(__file__).parent / "shapes_segmentation") -> None:
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     for index in range(COUNT):
-        image, mask = _sample(rng)
-        Image.fromarray(image).save(out_dir / "images" / f"{index:04d}.png", optimize=True)
+        image = background(rng, SIZE)
+        wanted = int(rng.integers(SHAPES_PER_IMAGE[0], SHAPES_PER_IMAGE[1] + 1))
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        for label, visible in place_shapes(rng, image, [RADIUS] * wanted):
+            mask[visible] = label
+        Image.fromarray(finish(rng, image)).save(out_dir / "images" / f"{index:04d}.png",
+                                                 optimize=True)
         Image.fromarray(mask).save(out_dir / "masks" / f"{index:04d}.png", optimize=True)
 
 
-def _sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    image = _background(rng)
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    objects: list[np.ndarray] = []  # each shape's visible pixels so far
-    wanted = int(rng.integers(SHAPES_PER_IMAGE[0], SHAPES_PER_IMAGE[1] + 1))
-    for _ in range(50):  # placements that hide too much of an earlier shape are redrawn
-        if len(objects) == wanted:
+def place_shapes(rng: np.random.Generator, image: np.ndarray,
+                 radii: list[dict[int, tuple[float, float]]]) -> list[tuple[int, np.ndarray]]:
+    """Paints up to ``len(radii)`` shapes into ``image``, the n-th with a radius from
+    ``radii[n]`` for its class, and returns each one's class and visible pixels. A
+    placement that would hide too much of an earlier shape is redrawn, 50 times at
+    most, so that a crowded image may hold fewer."""
+    objects: list[tuple[int, np.ndarray]] = []
+    for _ in range(50):
+        if len(objects) == len(radii):
             break
         label = int(rng.integers(1, 4))
-        region = _shape(rng, label)
-        if any((seen & region).sum() > MAX_HIDDEN * seen.sum() for seen in objects):
+        region = shape(rng, label, image.shape[0], radii[len(objects)][label])
+        if any((seen & region).sum() > MAX_HIDDEN * seen.sum() for _, seen in objects):
             continue
-        image[region] = _colour(rng, image[region].mean(axis=0))
-        mask[region] = label
-        objects = [seen & ~region for seen in objects] + [region]
-    noisy = image + rng.normal(0, NOISE, size=image.shape)
-    return (np.clip(np.rint(noisy / LEVEL_STEP) * LEVEL_STEP, 0, 255).astype(np.uint8),
-            mask)
+        image[region] = colour(rng, image[region].mean(axis=0))
+        objects = [(kept, seen & ~region) for kept, seen in objects] + [(label, region)]
+    return objects
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-    """A gradient between two colours in a random direction, with faint stripes."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE] / (SIZE - 1)
+def finish(rng: np.random.Generator, image: np.ndarray, noise: float = NOISE,
+           level_step: int = LEVEL_STEP) -> np.ndarray:
+    """The painted image with noise of sd ``noise``, as uint8 levels ``level_step``
+    apart: the fewer levels, the smaller the PNG file."""
+    noisy = image + rng.normal(0, noise, size=image.shape)
+    return np.clip(np.rint(noisy / level_step) * level_step, 0, 255).astype(np.uint8)
+
+
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A ``size`` x ``size`` gradient between two colours in a random direction, with
+    faint stripes."""
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * x + np.sin(angle) * y
     ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
@@ -70,17 +84,19 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     image = start + ramp[..., None] * (end - start)
     stripe_angle = rng.uniform(0, np.pi)
     period = rng.uniform(6, 20)
-    phase = (np.cos(stripe_angle) * x + np.sin(stripe_angle) * y) * (SIZE - 1) / period
+    phase = (np.cos(stripe_angle) * x + np.sin(stripe_angle) * y) * (size - 1) / period
     image += rng.uniform(0, STRIPES) * np.sin(2 * np.pi * phase)[..., None]
     return np.clip(image, 0, 255)
 
 
-def _shape(rng: np.random.Generator, label: int) -> np.ndarray:
-    """The pixels of one shape of class ``label``, drawn where it fits in the image."""
-    canvas = Image.new("L", (SIZE, SIZE), 0)
+def shape(rng: np.random.Generator, label: int, size: int,
+          radius_range: tuple[float, float]) -> np.ndarray:
+    """The pixels of one shape of class ``label``, drawn where it fits in a ``size`` x
+    ``size`` image."""
+    canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    radius = rng.uniform(*RADIUS[label])
-    cx, cy = rng.uniform(radius, SIZE - 1 - radius, size=2)
+    radius = rng.uniform(*radius_range)
+    cx, cy = rng.uniform(radius, size - 1 - radius, size=2)
     if label == CIRCLE:
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
     else:
@@ -93,12 +109,12 @@ def _shape(rng: np.random.Generator, label: int) -> np.ndarray:
     return np.asarray(canvas, dtype=bool)
 
 
-def _colour(rng: np.random.Generator, beneath: np.ndarray) -> np.ndarray:
+def colour(rng: np.random.Generator, beneath: np.ndarray) -> np.ndarray:
     """A random colour far enough from ``beneath`` for the outline to show."""
     while True:
-        colour = rng.uniform(0, 255, size=3)
-        if np.linalg.norm(colour - beneath) >= MIN_CONTRAST:
-            return colour
+        candidate = rng.uniform(0, 255, size=3)
+        if np.linalg.norm(candidate - beneath) >= MIN_CONTRAST:
+            return candidate
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from PIL import Image
 
 from kedro_torch.pytorch import models
 from kedro_torch.pytorch.segmentation_inference import SegmentationSpec, Segmenter
-from kedro_torch.tracking.model import log_segmentation_model, segmentation_signature
+from kedro_torch.tracking.model import log_image_model, segmentation_signature
 
 SPEC = SegmentationSpec(model_name="unet", channels=3, image_size=16, mean=[0.5], std=[0.5],
                         classes=["background", "thing"], colors=[[0, 0, 0], [255, 0, 0]],
@@ -27,7 +27,7 @@ def logged(sqlite_tracking):
     torch.manual_seed(0)
     state_dict = models.build("unet", SPEC.model_arguments(), SPEC.model_kwargs).state_dict()
     with mlflow.start_run():
-        info = log_segmentation_model("model", state_dict, SPEC, batch_size=4,
+        info = log_image_model("model", state_dict, SPEC, batch_size=4,
                                       registered_model_name="segmenter")
     return mlflow.pyfunc.load_model(info.model_uri), Segmenter.from_state_dict(state_dict,
                                                                                 SPEC)

@@ -282,7 +282,7 @@ def _fit_here(
         steps_per_epoch=math.ceil(batches / config.accumulate_grad_batches),
         monitor_mode=config.mode,
     )
-    loss_fn = optimizers.build_loss(
+    loss_fn = None if task.default_loss is None else optimizers.build_loss(
         config.loss, getattr(train_loader.dataset, "targets", None), num_classes,
         default=task.default_loss, defaults=task.loss_defaults(),
     )

@@ -25,6 +25,7 @@ from kedro_torch.pytorch.config import (
     EvaluationConfig,
     ExportConfig,
     InferenceConfig,
+    LossConfig,
     MlflowConfig,
     ModelConfig,
     ParameterError,
@@ -32,6 +33,7 @@ from kedro_torch.pytorch.config import (
     TuningConfig,
     parse,
 )
+from kedro_torch.pytorch.tasks.base import Task
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "training": TrainingConfig}
 SECTIONS |= {"evaluation": EvaluationConfig, "mlflow": MlflowConfig,
@@ -203,9 +205,7 @@ def _step_a_probe(training: TrainingConfig, data: DataConfig | None, main: type)
             optimizers, training.scheduler, training.epochs, steps_per_epoch=1,
             monitor_mode=training.mode,
         )
-        loss_fn = optimization.build_loss(training.loss, targets[plain], probe.fc.out_features,
-                                          default=task.default_loss,
-                                          defaults=task.loss_defaults())
+        loss_fn = _probe_loss(training, task, targets[plain], probe.fc.out_features)
         mixed = data is not None and bool(data.transforms.train_batch) and len(targets) > 1
         trained_on = list(targets)[1] if mixed else plain
         validated = data is None or data.split.val > 0
@@ -214,12 +214,17 @@ def _step_a_probe(training: TrainingConfig, data: DataConfig | None, main: type)
         def closure(kind: str = trained_on) -> torch.Tensor:
             for optimizer in optimizers:
                 optimizer.zero_grad()
-            loss = task.step(probe, inputs, targets[kind], loss_fn)[1]
+            if loss_fn is None:  # the model's own losses: any loss steps the optimizers
+                loss = probe(inputs).square().mean()
+            else:
+                loss = task.step(probe, inputs, targets[kind], loss_fn)[1]
             loss.backward()
             return loss
 
         loss_key = "training.loss.kwargs" if training.loss.kwargs else "training.loss.name"
         for kind in sorted({trained_on, plain} if validated else {trained_on}):
+            if loss_fn is None:
+                break
             _attempt(loss_key, f"{type(loss_fn).__name__} on outputs and {kind} targets",
                      lambda kind=kind: closure(kind))
         keys = ("training.optimizer.kwargs", "training.optimizer.fallback.kwargs")
@@ -232,6 +237,20 @@ def _step_a_probe(training: TrainingConfig, data: DataConfig | None, main: type)
                      f"a step of {type(scheduled.scheduler).__name__}",
                      lambda step=scheduled.scheduler.step, metric=metric: step(*metric))
     return schedulers
+
+
+def _probe_loss(training: TrainingConfig, task: Task, targets: torch.Tensor,
+                classes: int) -> nn.Module | None:
+    """The run's loss, or None for a task whose models compute their own (detection),
+    where ``training.loss`` would be silently ignored and is refused instead."""
+    if task.default_loss is not None:
+        return optimization.build_loss(training.loss, targets, classes,
+                                       default=task.default_loss, defaults=task.loss_defaults())
+    if training.loss != LossConfig():
+        raise ParameterError(f"training.loss: the models of {task.name} compute their own "
+                             "losses (those of torchvision.models.detection, in training "
+                             "mode); training.loss does not apply. Remove it")
+    return None
 
 
 def _attempt(key: str, what: str, action: Callable[[], Any]) -> None:

@@ -71,6 +71,10 @@ class ManifestConfig:
     path_column: str = "path"
     label_column: str = "label"
     mask_column: str = "mask_path"  # segmentation: the mask of the image in path_column
+    # detection: one row per box, its corners in the image's pixels (a row with these
+    # empty: an image without boxes)
+    box_columns: list[str] = field(default_factory=lambda: ["x_min", "y_min", "x_max",
+                                                            "y_max"])
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,17 @@ class TableConfig:
     max_categories: int = 50
 
 
+def _check_classes(classes: list[str], colors: list[list[int]], key: str) -> None:
+    """Class names once each, and an RGB colour for each where colours are given."""
+    if len(set(classes)) != len(classes):
+        raise ParameterError(f"{key}.classes names a class twice: {classes}")
+    if colors and len(colors) != len(classes):
+        raise ParameterError(f"{key}.colors needs one RGB triple per class "
+                             f"({len(classes)}), got {len(colors)}")
+    if any(len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) for rgb in colors):
+        raise ParameterError(f"{key}.colors: each colour is [red, green, blue], 0-255")
+
+
 @dataclass(frozen=True)
 class SegmentationConfig:
     """The classes of segmentation masks: a mask's pixel value is its class's index."""
@@ -129,16 +144,30 @@ class SegmentationConfig:
     ignore_index: int = 255  # pixels that count for nothing (VOC's object borders)
 
     def validate(self, key: str) -> None:
-        if len(set(self.classes)) != len(self.classes):
-            raise ParameterError(f"{key}.classes names a class twice: {self.classes}")
-        if self.colors and len(self.colors) != len(self.classes):
-            raise ParameterError(f"{key}.colors needs one RGB triple per class "
-                                 f"({len(self.classes)}), got {len(self.colors)}")
-        if any(len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) for rgb in self.colors):
-            raise ParameterError(f"{key}.colors: each colour is [red, green, blue], 0-255")
+        _check_classes(self.classes, self.colors, key)
         if 0 <= self.ignore_index < len(self.classes):
             raise ParameterError(f"{key}.ignore_index {self.ignore_index} is the index of class "
                                  f"{self.classes[self.ignore_index]!r}; use a value no class has")
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """The object classes of boxes; the model numbers them from 1 (0 is background)."""
+
+    classes: list[str] = field(default_factory=list)
+    # RGB per class, for drawn boxes; empty: PASCAL VOC's colour map.
+    colors: list[list[int]] = field(default_factory=list)
+    # data.source coco: the COCO file, relative to the catalog's raw_images folder.
+    annotations: str = "annotations.json"
+    # The served model, the inference table and the box grid keep detections at least
+    # this sure; evaluation's mAP ranks every detection.
+    score_threshold: float = 0.5
+
+    def validate(self, key: str) -> None:
+        _check_classes(self.classes, self.colors, key)
+        if not 0 <= self.score_threshold <= 1:
+            raise ParameterError(f"{key}.score_threshold must lie in [0, 1], got "
+                                 f"{self.score_threshold}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +176,7 @@ class DataConfig:
     source: str = "folder"  # a name of kedro_torch.pytorch.sources' registry
     table: TableConfig = field(default_factory=TableConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     torchvision: TorchvisionConfig = field(default_factory=TorchvisionConfig)
     image_size: int = 16
@@ -188,6 +218,7 @@ class DataConfig:
                                  "the column to predict")
         _positive(self.table.max_categories, f"{key}.table.max_categories")
         self.segmentation.validate(f"{key}.segmentation")
+        self.detection.validate(f"{key}.detection")
         task.check_config(self, key)
         if self.source == "torchvision" and not self.torchvision.name:
             raise ParameterError(f"{key}.torchvision.name is required when {key}.source is "
@@ -495,10 +526,16 @@ class MlflowConfig:
 class InferenceConfig:
     top_k: int = 3
     batch_size: int = 64
+    # detection: keep detections at least this sure; null: data.detection.score_threshold
+    # as the model was trained with
+    score_threshold: float | None = None
 
     def validate(self, key: str) -> None:
         _positive(self.top_k, f"{key}.top_k")
         _positive(self.batch_size, f"{key}.batch_size")
+        if self.score_threshold is not None and not 0 <= self.score_threshold <= 1:
+            raise ParameterError(f"{key}.score_threshold must lie in [0, 1], got "
+                                 f"{self.score_threshold}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kedro_torch.pytorch import images
 from kedro_torch.pytorch.cache import ENTRY_COLUMNS, ImageStore
-from kedro_torch.pytorch.config import DataConfig, SplitConfig
+from kedro_torch.pytorch.config import DataConfig, ParameterError, SplitConfig
 from kedro_torch.pytorch.interrupts import leave_ctrl_c_to_the_main_process
 
 logger = logging.getLogger(__name__)
@@ -229,6 +230,112 @@ def pairs_from_table(table: ImageTable, path_column: str, mask_column: str,
     })
     for column in extra:
         manifest[column] = frame[column].to_numpy()
+    return manifest.sort_values("relative_path", ignore_index=True)
+
+
+def boxes_from_table(table: ImageTable, path_column: str, label_column: str,
+                     box_columns: Sequence[str], key: str = "data.manifest") -> pd.DataFrame:
+    """A detection manifest (:func:`detection_manifest`) from a table of one row per box:
+    its image, label and corners. A row whose box columns are all empty stands for an
+    image without boxes (its label is not read). Paths resolve as
+    :func:`manifest_from_table`'s; other columns are kept, and are the image's, so they
+    must be the same on each of its rows (a group column, say)."""
+    frame = table.frame
+    if len(box_columns) != 4:
+        raise ParameterError(f"{key}.box_columns names the 4 columns of a box's corners "
+                             f"(x_min, y_min, x_max, y_max), got {list(box_columns)}")
+    extra = _table_columns(frame, path_column, label_column, key)
+    absent = [column for column in box_columns if column not in frame.columns]
+    if absent:
+        raise DataError(f"{key}.box_columns: the manifest has no column "
+                        f"{', '.join(map(repr, absent))}; its columns are "
+                        f"{', '.join(map(repr, frame.columns))}")
+    extra = [column for column in extra if column not in box_columns]
+    if "boxes" in extra:
+        raise DataError("the manifest's column 'boxes' clashes with the column the pipeline "
+                        "adds; rename it")
+    if frame[path_column].isna().any():
+        raise DataError(f"manifest rows without a path in column {path_column!r}")
+    written = frame[path_column].astype(str)
+    empty = pd.DataFrame({column: _unlabelled(frame[column]) for column in box_columns})
+    corners = pd.DataFrame({column: pd.to_numeric(frame[column], errors="coerce")
+                            for column in box_columns})
+    no_box = empty.all(axis=1).to_numpy()
+    _refuse_bad_boxes(frame, written, empty, corners, no_box, label_column, key)
+    paths = written.map(lambda p: _resolve(table.folder, p))
+    boxes: dict[str, list[list]] = {}
+    for path, label, corner, skip in zip(paths, frame[label_column], corners.to_numpy(),
+                                         no_box, strict=True):
+        found = boxes.setdefault(path, [])
+        if not skip:
+            found.append([str(label), *map(float, corner)])
+    for column in extra:
+        values = frame[column].groupby(paths.to_numpy(), sort=False).nunique(dropna=False)
+        if (values > 1).any():
+            image = written[paths == values.index[values > 1][0]].iloc[0]
+            raise DataError(f"column {column!r} differs between the rows of image {image!r}: "
+                            "a column other than the box and its label holds the image's "
+                            "value, the same on each of its rows")
+    first = ~paths.duplicated()
+    rows = pd.DataFrame({"path": paths[first].to_numpy(),
+                         "relative_path": written[first].to_numpy(),
+                         "boxes": [boxes[path] for path in paths[first]]})
+    for column in extra:
+        rows[column] = frame[column][first].to_numpy()
+    return detection_manifest(rows, table.folder)
+
+
+def _refuse_bad_boxes(frame: pd.DataFrame, written: pd.Series, empty: pd.DataFrame,
+                      corners: pd.DataFrame, no_box: np.ndarray, label_column: str,
+                      key: str) -> None:
+    """Rows of a box table whose box is not four numbers and a label, all named at once
+    (numbered from 1, the header not counted); where a box lies is the task's check."""
+    no_label = _unlabelled(frame[label_column]).to_numpy() & ~no_box
+    partial = empty.any(axis=1).to_numpy() & ~no_box
+    not_numbers = (corners.isna() & ~empty).to_numpy()
+    problems = []
+    for position in np.flatnonzero(no_label | partial | not_numbers.any(axis=1)):
+        reasons = []
+        if no_label[position]:
+            reasons.append(f"a box without a label in column {label_column!r} "
+                           f"({key}.label_column)")
+        if partial[position]:
+            blank = empty.columns[empty.iloc[position].to_numpy()]
+            reasons.append(f"empty {', '.join(map(repr, blank))} where the other box columns "
+                           "are not")
+        reasons += [f"{frame[column].iloc[position]!r} in column {column!r} is not a number"
+                    for column, bad in zip(corners.columns, not_numbers[position], strict=True)
+                    if bad]
+        problems.append(f"row {position + 1} {written.iloc[position]!r}: {'; '.join(reasons)}")
+    if problems:
+        raise DataError(_refusal(
+            f"{_count(len(problems), 'row')} of the box table cannot be read", problems,
+            f"A row is one box: a label and the four numbers of {key}.box_columns, or, "
+            "with the four empty, an image without boxes. Correct the table, and run again."))
+
+
+def detection_manifest(rows: pd.DataFrame, folder: str) -> pd.DataFrame:
+    """The detection manifest of ``rows``, one per image: ``relative_path``, ``boxes``
+    (a list of ``[label, x_min, y_min, x_max, y_max]``, written here as JSON) and
+    ``path``; other columns are kept. An image without a ``path`` (None) was named but
+    not found: it is looked for at its relative path in ``folder``, for the file check to
+    report. An image named twice would hold part of its boxes in each row, and is
+    refused."""
+    manifest = rows.copy()
+    manifest["path"] = [_resolve(folder, relative) if pd.isna(path) else path
+                        for path, relative in zip(rows["path"], rows["relative_path"],
+                                                  strict=True)]
+    twice = manifest["path"].duplicated(keep=False)
+    if twice.any():
+        raise DataError(f"{_count(int(twice.sum()), 'image')} named more than once by the "
+                        f"annotations: {_listing(manifest.loc[twice, 'relative_path'])}")
+    labels = {box[0] for boxes in rows["boxes"] for box in boxes}
+    count = sum(map(len, rows["boxes"]))
+    manifest["boxes"] = [json.dumps(boxes) for boxes in rows["boxes"]]
+    front = ["path", "relative_path", "boxes"]
+    manifest = manifest[front + [c for c in manifest.columns if c not in front]]
+    logger.info("Found %d images with %d boxes in %d classes", len(manifest), count,
+                len(labels))
     return manifest.sort_values("relative_path", ignore_index=True)
 
 

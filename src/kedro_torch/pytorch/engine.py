@@ -162,9 +162,7 @@ def evaluate(
 def _epoch_metrics(task: Task, sums: dict[str, torch.Tensor]) -> dict[str, float]:
     """Means over every rank's samples: the sums are added up across ranks first, and
     read from the device once."""
-    totals = distributed.sum_across_ranks(*sums.values())
-    return task.summarize({name: total.item() if total.ndim == 0 else total.cpu()
-                           for name, total in zip(sums, totals, strict=True)})
+    return task.summarize(task.totals(sums))
 
 
 class Trainer:
@@ -204,7 +202,7 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizers = list(optimizers)
         self.lbfgs = any(isinstance(o, torch.optim.LBFGS) for o in self.optimizers)
-        self.loss_fn = loss_fn.to(device)
+        self.loss_fn = loss_fn.to(device) if loss_fn is not None else None  # a detector's own
         self.device = device
         self.settings = settings
         self.schedulers = list(schedulers)
@@ -326,10 +324,9 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_batch_end()
             if step_now and index + 1 < batches and self._stop_signal() is not None:
-                totals = distributed.sum_across_ranks(*sums.values())
                 reached = EpochProgress(progress.lr, progress.rng, index + 1, {
                     name: total.to(sums[name].dtype).cpu()
-                    for name, total in zip(sums, totals, strict=True)})
+                    for name, total in self.task.summed(sums).items()})
                 saved = self._save(self.checkpoint(list(generators))
                                    | {"epoch_progress": vars(reached)})
                 self._interrupt(epoch, index + 1, saved)

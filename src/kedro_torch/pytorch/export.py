@@ -8,6 +8,7 @@ eager model before anyone relies on them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,35 +32,46 @@ def to_exported_program(model: nn.Module, example: torch.Tensor) -> ExportedProg
     return torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
 
 
-@torch.inference_mode()
+def tensor_difference(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    return (reference - candidate).abs().max().item()
+
+
+@torch.no_grad()  # not inference_mode: TorchScript's detectors refuse inference tensors
 def max_abs_difference(
-    reference: Callable[[torch.Tensor], torch.Tensor],
-    candidate: Callable[[torch.Tensor], torch.Tensor],
+    reference: Callable[[torch.Tensor], Any],
+    candidate: Callable[[torch.Tensor], Any],
     samples: torch.Tensor,
     batch_size: int,
+    difference: Callable[[Any, Any], float] = tensor_difference,
 ) -> float:
     """The largest absolute difference of the two models' outputs over ``samples``,
-    fed in batches of ``batch_size`` (the last one may be smaller)."""
+    fed in batches of ``batch_size`` (the last one may be smaller); ``difference``
+    measures outputs that are not one tensor (a detector's boxes)."""
     largest = 0.0
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
-        largest = max(largest, (reference(batch) - candidate(batch)).abs().max().item())
+        largest = max(largest, difference(reference(batch), candidate(batch)))
     return largest
 
 
 def compare_with_eager(
-    eager: nn.Module,
-    exported: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    eager: nn.Module | Mapping[str, nn.Module],
+    exported: Mapping[str, Callable[[torch.Tensor], Any]],
     samples: torch.Tensor,
     batch_sizes: Sequence[int],
     tolerance: float,
+    difference: Callable[[Any, Any], float] = tensor_difference,
 ) -> dict:
-    """Max absolute output difference of each exported model against the eager one,
-    per batch size, and whether all stay within ``tolerance``."""
-    eager.eval()
+    """Max absolute output difference of each exported model against the eager one
+    (or, by name, the eager module each was made from), per batch size, and whether all
+    stay within ``tolerance``."""
+    references = eager if isinstance(eager, Mapping) else dict.fromkeys(exported, eager)
+    for module in references.values():
+        module.eval()
     differences = {
         name: {
-            f"batch_size_{size}": max_abs_difference(eager, model, samples, size)
+            f"batch_size_{size}": max_abs_difference(references[name], model, samples, size,
+                                                     difference)
             for size in batch_sizes
         }
         for name, model in exported.items()

@@ -13,7 +13,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -254,6 +254,31 @@ def _checked(decoding: Callable[[], tuple[np.ndarray, str]], digest: str, channe
         pixel_sum=flat.sum(axis=1).astype(np.float64),
         pixel_sumsq=(flat * flat).sum(axis=1).astype(np.float64),
     )
+
+
+def image_size_of(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image file's bytes, as its decoding turns it (EXIF)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return ImageOps.exif_transpose(image).size
+
+
+def decode_each(files: Sequence[str | bytes], size: int, channels: int
+                ) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
+    """Each image file (a path or its bytes) decoded as :func:`decode` does, with its own
+    ``(width, height)``; or why it could not be read, so that one bad file of a batch to
+    predict spoils no other."""
+    results: list[tuple[np.ndarray, tuple[int, int]] | str] = []
+    for file in files:
+        try:
+            data = file if isinstance(file, bytes) else read_bytes(file)
+        except OSError as error:
+            results.append(f"cannot read: {error}")
+            continue
+        try:
+            results.append((decode(data, size, channels)[0], image_size_of(data)))
+        except Exception as error:  # PIL fails in many ways on broken files
+            results.append(decode_failure(error))
+    return results
 
 
 def decode_failure(error: Exception) -> str:

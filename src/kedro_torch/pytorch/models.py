@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 
 from kedro_torch.pytorch.config import ParameterError
+from kedro_torch.pytorch.detection import SmallFCOS
 from kedro_torch.pytorch.segmentation import UNet
 
 logger = logging.getLogger(__name__)
@@ -82,17 +83,21 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.M
     return build(name, {"num_classes": num_classes, "in_channels": in_channels}, kwargs)
 
 
-def _torchvision_model(name: str, num_classes: int, in_channels: int,
+def _torchvision_model(name: str, given: Mapping[str, Any],
                        kwargs: Mapping[str, Any]) -> nn.Module:
-    """A torchvision model without weights (nothing is downloaded: nor a segmentation
-    model's backbone weights, unless ``weights_backbone`` is given); for grayscale input
-    it gets a first convolution that takes one channel."""
+    """A torchvision model without weights (nothing is downloaded: nor a segmentation or
+    detection model's backbone weights, unless ``weights_backbone`` is given); for
+    grayscale input it gets a first convolution that takes one channel. What the task
+    gives besides the classes and channels (a detector's input size and normalization)
+    goes to the builder, under ``kwargs``."""
     builder = torchvision.models.get_model_builder(name)
     if "weights_backbone" in inspect.signature(builder).parameters:
         kwargs = {"weights_backbone": None, **kwargs}
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    if in_channels != 3:
-        _adapt_first_conv(model, in_channels)
+    extra = {k: v for k, v in given.items() if k not in ("num_classes", "in_channels")}
+    model = torchvision.models.get_model(name, weights=None, num_classes=given["num_classes"],
+                                         **(extra | dict(kwargs)))
+    if given["in_channels"] != 3:
+        _adapt_first_conv(model, given["in_channels"])
     return model
 
 
@@ -273,6 +278,7 @@ class TabularMLP(nn.Module):
 
 PROJECT_MODELS["tabular_mlp"] = TabularMLP
 PROJECT_MODELS["unet"] = UNet
+PROJECT_MODELS["small_fcos"] = SmallFCOS
 
 
 def model_class(name: str, key: str = "model.name") -> type[nn.Module]:
@@ -347,5 +353,5 @@ def build(name: str, given: Mapping[str, Any], kwargs: Mapping[str, Any],
             raise ParameterError(f"{key}: {name} is a torchvision image model; this task's "
                                  f"inputs are not images. Use one of "
                                  f"{', '.join(sorted(PROJECT_MODELS))} or an import path")
-        return _torchvision_model(name, given["num_classes"], given["in_channels"], kwargs)
+        return _torchvision_model(name, given, kwargs)
     return build_from_class(model_class(name, key), kwargs, given)

@@ -59,9 +59,11 @@ def _matrix_panel(
 
 def learning_curve_figure(history: Sequence[dict[str, float]]) -> Figure:
     """One panel per metric the epochs recorded (the loss, then the task's own:
-    accuracy, or RMSE and MAE), training and validation together."""
-    names = [key.removeprefix("train_") for key in (history[0] if history else {})
-             if key.startswith("train_")] or ["loss"]
+    accuracy, or RMSE and MAE; a detector's losses, then its validation mAP), training
+    and validation together."""
+    keys = history[0] if history else {}
+    names = list(dict.fromkeys(key.split("_", 1)[1] for key in keys
+                               if key.startswith(("train_", "val_")))) or ["loss"]
     figure = Figure(figsize=(5 * len(names), 4), layout="constrained")
     panels = figure.subplots(1, len(names), squeeze=False)[0]
     epochs = [row["epoch"] for row in history]

@@ -10,14 +10,13 @@ the JSON-able description (``model_spec.json``) that rebuilds the model.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
@@ -151,23 +150,11 @@ class Segmenter:
     def predict_each(self, files: Sequence[str | bytes]) -> list[np.ndarray | str]:
         """Each image file's (path or bytes) mask at the image's own size, or why the
         file could not be read: one bad file spoils no other. Predicted in batches."""
-        decoded, sizes, results = [], [], []
-        for file in files:
-            try:
-                data = file if isinstance(file, bytes) else images.read_bytes(file)
-            except OSError as error:
-                results.append(f"cannot read: {error}")
-                continue
-            try:
-                decoded.append(images.decode(data, self.spec.decode_size, self.spec.channels)[0])
-                sizes.append(image_size_of(data))
-            except Exception as error:  # PIL fails in many ways on broken files
-                results.append(images.decode_failure(error))
-                continue
-            results.append(None)
-        masks = iter([at_size(mask.numpy(), size) for mask, size in
-                      zip(self.masks(decoded), sizes, strict=True)])
-        return [next(masks) if result is None else result for result in results]
+        results = images.decode_each(files, self.spec.decode_size, self.spec.channels)
+        read = [result for result in results if not isinstance(result, str)]
+        masks = iter([at_size(mask.numpy(), size) for mask, (_, size) in
+                      zip(self.masks([pixels for pixels, _ in read]), read, strict=True)])
+        return [result if isinstance(result, str) else next(masks) for result in results]
 
     def predict_files(self, files: Sequence[str | bytes]) -> list[np.ndarray]:
         """:meth:`predict_each`, for files that must all be read."""
@@ -183,12 +170,6 @@ class Segmenter:
         total = max(int(mask.size), 1)
         return {name: float(counts[index]) / total
                 for index, name in enumerate(self.spec.classes)}
-
-
-def image_size_of(data: bytes) -> tuple[int, int]:
-    """(width, height) of an image file's bytes, as its decoding turns it (EXIF)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return ImageOps.exif_transpose(image).size
 
 
 def at_size(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -12,6 +12,7 @@ from kedro.io import AbstractDataset, DatasetError
 from mlflow import MlflowClient
 
 from kedro_torch.pytorch import tasks
+from kedro_torch.pytorch.detection_inference import DetectionSpec
 from kedro_torch.pytorch.distributed import is_main_process
 from kedro_torch.pytorch.segmentation_inference import SegmentationSpec
 from kedro_torch.pytorch.table_inference import TableModelSpec
@@ -67,8 +68,8 @@ class MlflowServedModelDataset(AbstractDataset[dict, None]):
         """Log and register the model in the active run; promote it if it is better."""
         registered_name = data["registered_model_name"]
         spec = tasks.load_spec(data["model_spec"])  # its class says which model it is
-        if isinstance(spec, SegmentationSpec):
-            info = mlflow_model.log_segmentation_model(
+        if isinstance(spec, (SegmentationSpec, DetectionSpec)):
+            info = mlflow_model.log_image_model(
                 self._name, data["state_dict"], spec, data["batch_size"], registered_name)
         elif isinstance(spec, TableModelSpec):
             info = mlflow_model.log_table_model(

@@ -33,10 +33,11 @@ from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, DataType, Schema
-from mlflow.types.schema import AnyType
+from mlflow.types.schema import AnyType, Array
 from PIL import Image
 
 from kedro_torch.pytorch.checkpoints import load_weights, state_dict_from
+from kedro_torch.pytorch.detection_inference import DetectionSpec, Detector
 from kedro_torch.pytorch.inference import ImageClassifier, ModelSpec
 from kedro_torch.pytorch.segmentation import mask_png
 from kedro_torch.pytorch.segmentation_inference import SegmentationSpec, Segmenter
@@ -134,9 +135,38 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             column.name for column in segmentation_signature(self._segmenter.spec).outputs])
 
 
+class DetectionModel(mlflow.pyfunc.PythonModel):
+    """``predict`` takes a table of images as :class:`ImageClassifierModel` does (a
+    ``path`` or the ``image`` bytes per row) and returns, per row in input order, the
+    ``boxes`` (``[x_min, y_min, x_max, y_max]`` in the image's own pixels), their
+    ``labels`` and ``scores`` (those at least as sure as the training's
+    ``data.detection.score_threshold``), and ``error`` (why a file could not be read)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        spec = DetectionSpec.from_dict(read_json(context.artifacts, "model_spec"))
+        self._detector = Detector.from_state_dict(
+            read_state_dict(context.artifacts), spec,
+            batch_size=int(context.model_config["batch_size"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        files = image_files(model_input)
+        rows = []
+        for file, found in zip(files, self._detector.predict_each(files), strict=True):
+            path = file if isinstance(file, str) else ""
+            if isinstance(found, str):  # one unreadable file is that row's error
+                rows.append({"path": path, "error": found})
+                continue
+            rows.append({"path": path, "boxes": found["boxes"].tolist(),
+                         "labels": [self._detector.spec.classes[label - 1]
+                                    for label in found["labels"].tolist()],
+                         "scores": found["scores"].tolist(), "error": None})
+        return pd.DataFrame(rows, columns=[
+            column.name for column in detection_signature().outputs])
+
+
 # What model_code.py builds, by the "kind" in the logged model's model_config.
 MODEL_KINDS = {"image": ImageClassifierModel, "table": TableModel,
-               "segmentation": SegmentationModel}
+               "segmentation": SegmentationModel, "detection": DetectionModel}
 
 
 def read_json(artifacts: Mapping[str, str], name: str) -> dict:
@@ -171,6 +201,11 @@ def image_files(table: pd.DataFrame) -> list[str | bytes]:
             for image, path in zip(images, paths, strict=True)]
 
 
+# What a model of images takes: a path or URL, or the file's bytes (base64 in JSON).
+IMAGE_INPUTS = Schema([ColSpec(DataType.string, "path", required=False),
+                       ColSpec(DataType.binary, "image", required=False)])
+
+
 def signature(classes: int, top_k: int) -> ModelSignature:
     """Inputs: ``path`` (string) or ``image`` (binary) per row; outputs as ``predict``'s.
 
@@ -184,12 +219,10 @@ def signature(classes: int, top_k: int) -> ModelSignature:
         outputs += [ColSpec(DataType.string, f"top{rank}_label", required=False),
                     ColSpec(DataType.double, f"top{rank}_probability", required=False)]
     outputs.append(ColSpec(DataType.string, "error", required=False))
-    inputs = Schema([ColSpec(DataType.string, "path", required=False),
-                     ColSpec(DataType.binary, "image", required=False)])
-    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+    return ModelSignature(inputs=IMAGE_INPUTS, outputs=Schema(outputs))
 
 
-def input_example(spec: ModelSpec | SegmentationSpec) -> pd.DataFrame:
+def input_example(spec: ModelSpec | SegmentationSpec | DetectionSpec) -> pd.DataFrame:
     """A blank PNG of the model's input size, as the ``image`` column carries it."""
     mode = "L" if spec.channels == 1 else "RGB"
     buffer = io.BytesIO()
@@ -206,9 +239,17 @@ def segmentation_signature(spec: SegmentationSpec) -> ModelSignature:
                *(ColSpec(DataType.double, f"share_{name}", required=False)
                  for name in spec.classes),
                ColSpec(DataType.string, "error", required=False)]
-    inputs = Schema([ColSpec(DataType.string, "path", required=False),
-                     ColSpec(DataType.binary, "image", required=False)])
-    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+    return ModelSignature(inputs=IMAGE_INPUTS, outputs=Schema(outputs))
+
+
+def detection_signature() -> ModelSignature:
+    """Inputs as an image classifier's; outputs as :class:`DetectionModel`'s."""
+    outputs = [ColSpec(DataType.string, "path", required=False),
+               ColSpec(Array(Array(DataType.double)), "boxes", required=False),
+               ColSpec(Array(DataType.string), "labels", required=False),
+               ColSpec(Array(DataType.double), "scores", required=False),
+               ColSpec(DataType.string, "error", required=False)]
+    return ModelSignature(inputs=IMAGE_INPUTS, outputs=Schema(outputs))
 
 
 def table_signature(preprocessing: TablePreprocessing) -> ModelSignature:
@@ -255,17 +296,21 @@ def log_image_classifier(
     )
 
 
-def log_segmentation_model(
+def log_image_model(
     name: str,
     state_dict: Mapping[str, torch.Tensor],
-    spec: SegmentationSpec,
+    spec: SegmentationSpec | DetectionSpec,
     batch_size: int,
     registered_model_name: str | None = None,
 ) -> ModelInfo:
-    """Log the segmentation model to the active run; register it when a name is given."""
+    """Log the segmentation model or detector to the active run; register it when a
+    name is given."""
+    kind, model_signature = (("detection", detection_signature())
+                             if isinstance(spec, DetectionSpec)
+                             else ("segmentation", segmentation_signature(spec)))
     return log_pyfunc(
         name, state_dict, {"model_spec": spec.to_dict()},
-        {"kind": "segmentation", "batch_size": batch_size}, segmentation_signature(spec),
+        {"kind": kind, "batch_size": batch_size}, model_signature,
         input_example(spec), registered_model_name, own_code(spec.model_name),
     )
 

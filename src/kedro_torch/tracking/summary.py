@@ -81,8 +81,9 @@ def run_note(parameters: dict[str, Any], metrics: dict[str, float],
     settings = ", ".join(f"{key}={value}" for key, value in optimizer.kwargs.items())
     scheduler = training.scheduler.name or "no scheduler"
     loss = training.loss.name or task.default_loss
+    loss = f"`{loss}`" if loss else "the model's own losses"
     lines.append(f"- **Training:** {training.epochs} epochs, `{optimizer.name}` ({settings}), "
-                 f"`{scheduler}`, `{loss}`, seed {training.seed}, "
+                 f"`{scheduler}`, {loss}, seed {training.seed}, "
                  f"precision {training.precision}")
     return "\n".join(lines)
 
@@ -130,11 +131,11 @@ def console_summary(client: MlflowClient, run: Run, context: KedroContext,
 
 
 def _said(metric: str) -> str:
-    """``test_accuracy`` as a reader says it: ``test accuracy``; R², RMSE, MAE and mIoU
-    as they are written."""
-    words = metric.split("_")
-    return " ".join({"r2": "R²", "rmse": "RMSE", "mae": "MAE", "miou": "mIoU"}.get(w, w)
-                    for w in words)
+    """``test_accuracy`` as a reader says it: ``test accuracy``; R², RMSE, MAE, mIoU and
+    mAP (``map50``: mAP@50) as they are written."""
+    written = {"r2": "R²", "rmse": "RMSE", "mae": "MAE", "miou": "mIoU", "map": "mAP",
+               "map50": "mAP@50", "map75": "mAP@75"}
+    return " ".join(written.get(w, w) for w in metric.split("_"))
 
 
 def ui_hint(tracking_uri: str, project: Path, experiment_id: str, run_id: str) -> str:

@@ -22,9 +22,9 @@ def export_model(
     """TorchScript and torch.export versions of the trained model, on the CPU."""
     spec = tasks.load_spec(model_spec)
     task = tasks.create(spec.task)
-    model = task.trained_model(spec, state_dict, label_map)
-    return (export.to_torchscript(model),
-            export.to_exported_program(model, task.example_input(spec, 2)))
+    forms = task.exported(task.trained_model(spec, state_dict, label_map))
+    return (export.to_torchscript(forms["torchscript"]),
+            export.to_exported_program(forms["exported_program"], task.example_input(spec, 2)))
 
 
 def verify_exports(
@@ -37,16 +37,16 @@ def verify_exports(
     data_params: dict[str, Any],
     export_params: dict[str, Any],
 ) -> dict:
-    """Max absolute difference of each reloaded export against the eager model, per
-    batch size, on the test images read as training read them (``data.source``); an
-    export that differs by more than the tolerance fails the run."""
+    """Each reloaded export against the eager model it was made from, per batch size, on
+    the test samples as training read them; one beyond the tolerance fails the run."""
     config = parse(ExportConfig, export_params, "export")
     spec = tasks.load_spec(model_spec)
+    task = tasks.create(spec.task)
     report = export.compare_with_eager(
-        tasks.create(spec.task).trained_model(spec, state_dict, label_map),
+        task.exported(task.trained_model(spec, state_dict, label_map)),
         {"torchscript": torchscript_model, "exported_program": exported_program.module()},
         api.split_batch(model_input, spec, parse(DataConfig, data_params, "data")),
-        config.batch_sizes, config.tolerance,
+        config.batch_sizes, config.tolerance, task.output_difference,
     )
     logger.info("Exports vs eager on %d test samples: %s", report["samples"],
                 report["max_abs_difference"])

@@ -15,6 +15,7 @@ from PIL import Image
 
 from kedro_torch.pytorch import engine, tasks
 from kedro_torch.pytorch.config import InferenceConfig, ParameterError, parse
+from kedro_torch.pytorch.detection_inference import DetectionSpec, coco_results
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ def predict(
     model_spec: dict[str, Any],
     label_map: dict[str, int],
     inference_params: dict[str, Any],
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Image.Image]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Image.Image], list[dict[str, Any]]]:
     """Predict every image under the folder, or every row of the table, as the trained
-    model's task reads its samples; report what could not be read."""
+    model's task reads its samples; report what could not be read. Masks and a COCO
+    results file are outputs of their own (empty but for segmentation and detection)."""
     spec = tasks.load_spec(model_spec)
     task = tasks.create(spec.task, getattr(spec, "preprocessing", None))
     samples = table if "table" in task.sources else listing
@@ -37,13 +39,17 @@ def predict(
             f"the trained model ({spec.task}) predicts a table, but the catalog entry "
             "'inference_table' loaded nothing: pass it at run time (--params "
             "inference_table_path=table.csv) or set the entry in conf/local/catalog.yml")
-    predictions, failures = task.predict(
-        state_dict, spec, label_map, samples, parse(InferenceConfig, inference_params,
-                                                    "inference"),
-        engine.resolve_device("auto"))
+    config = parse(InferenceConfig, inference_params, "inference")
+    predictions, failures = task.predict(state_dict, spec, label_map, samples, config,
+                                         engine.resolve_device("auto"))
     logger.info("Predicted %d samples; %d could not be read%s", len(predictions),
                 len(failures), " (see inference_failures)" if len(failures) else "")
-    return predictions, failures, mask_files(predictions)
+    return predictions, failures, mask_files(predictions), results_file(predictions, spec)
+
+
+def results_file(predictions: pd.DataFrame, spec: Any) -> list[dict[str, Any]]:
+    """A detector's detections as a COCO results file; empty for other tasks."""
+    return coco_results(predictions, spec.classes) if isinstance(spec, DetectionSpec) else []
 
 
 def mask_files(predictions: pd.DataFrame) -> dict[str, Image.Image]:

@@ -10,7 +10,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 nodes.predict,
                 ["inference_images", "inference_table", "trained_state_dict", "model_spec",
                  "label_map", "params:inference"],
-                ["inference_predictions", "inference_failures", "inference_masks"],
+                ["inference_predictions", "inference_failures", "inference_masks",
+                 "inference_coco_results"],
                 name="predict",
             ),
         ]

@@ -20,6 +20,8 @@ REGISTRY: dict[str, str] = {
     "torchvision": "kedro_torch.pytorch.sources.torchvision:TorchvisionSource",
     "table": "kedro_torch.pytorch.sources.table:TableSource",
     "mask_folder": "kedro_torch.pytorch.sources.mask_folder:MaskFolderSource",
+    "coco": "kedro_torch.pytorch.sources.coco:CocoSource",
+    "voc": "kedro_torch.pytorch.sources.voc:VocSource",
 }
 
 

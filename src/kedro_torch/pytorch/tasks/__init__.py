@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "tabular_classification": "kedro_torch.pytorch.tasks.tabular:TabularClassification",
     "tabular_regression": "kedro_torch.pytorch.tasks.tabular:TabularRegression",
     "semantic_segmentation": "kedro_torch.pytorch.tasks.segmentation:SemanticSegmentation",
+    "object_detection": "kedro_torch.pytorch.tasks.detection:ObjectDetection",
 }
 
 

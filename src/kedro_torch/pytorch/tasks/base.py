@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from kedro_torch.pytorch import metrics, plots
+from kedro_torch.pytorch import distributed, export, metrics, plots
 from kedro_torch.pytorch.cache import ImageStore
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class Task:
     name: ClassVar[str]
     # The data sources (``data.source``) that give this task its samples.
     sources: ClassVar[tuple[str, ...]]
-    default_loss: ClassVar[str]
+    # None: the model computes its own losses (torchvision's detectors, in training mode).
+    default_loss: ClassVar[str | None]
     # The test metrics a run is summed up by, first the one its champion is chosen by.
     headline: ClassVar[tuple[str, ...]]
     # The task's epoch figures besides ``loss``, and whether they should go up or down.
@@ -142,6 +143,16 @@ class Task:
         """The architecture of ``spec`` with exactly these weights, in eval mode."""
         raise NotImplementedError
 
+    def exported(self, model: nn.Module) -> dict[str, nn.Module]:
+        """What the export pipeline writes of a trained model, by its catalog entry: the
+        model itself as TorchScript and as a torch.export program, taking its input batch."""
+        return {"torchscript": model, "exported_program": model}
+
+    @staticmethod
+    def output_difference(reference: Any, candidate: Any) -> float:
+        """How far an export's output strays from the eager model's."""
+        return export.tensor_difference(reference, candidate)
+
     def example_input(self, spec: Spec, batch: int) -> torch.Tensor:
         """A batch of the model's input shape (zeros), to trace or export it with."""
         raise NotImplementedError
@@ -191,6 +202,20 @@ class Task:
         """Add a batch to the sums, without waiting on the device."""
         sums["loss"] += loss.detach() * len(targets)
         sums["seen"] += len(targets)
+
+    def summed(self, sums: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Every rank's sums added up, on the device, in one all-reduce: what an epoch's
+        figures come from, and what an epoch interrupted midway is saved with. Entries
+        that are no tensor (detection's boxes, which cannot be summed) are the task's to
+        reduce in :meth:`totals`."""
+        tensors = {name: value for name, value in sums.items() if isinstance(value, torch.Tensor)}
+        return dict(zip(tensors, distributed.sum_across_ranks(*tensors.values()), strict=True))
+
+    def totals(self, sums: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`summed`, read from the device: a float each, a CPU tensor for a sum that
+        is not one number."""
+        return {name: total.item() if total.ndim == 0 else total.cpu()
+                for name, total in self.summed(sums).items()}
 
     def summarize(self, totals: Mapping[str, Any]) -> dict[str, float]:
         """The epoch's figures from the sums of every rank (a float each, a CPU tensor

@@ -42,7 +42,6 @@ from kedro_torch.pytorch.segmentation_inference import (
     SegmentationSpec,
     Segmenter,
     at_size,
-    image_size_of,
 )
 from kedro_torch.pytorch.tasks.base import Evaluation, ImageInputs, PreparedData, Task
 from kedro_torch.pytorch.torchvision_data import TorchvisionSamples
@@ -294,7 +293,7 @@ def check_pair(source: images.ImageSource, path: str, mask_path: str | None, siz
         return PairCheck(reason=f"no mask file at {mask_path}")
     try:
         pixels, mode = images.decode(image_bytes, size, channels)
-        image_size = image_size_of(image_bytes)
+        image_size = images.image_size_of(image_bytes)
     except Exception as error:  # PIL fails in many ways on broken files
         return PairCheck(reason=images.decode_failure(error))
     return _with_mask(pixels, mode, image_size,
