@@ -139,8 +139,8 @@ def inbox(coco_root, tmp_path_factory):
 def test_the_step_trains_the_models_summed_losses_and_detects_in_eval_mode():
     task = tasks.create("object_detection", {"classes": CLASSES})
     torch.manual_seed(0)
-    model = SmallFCOS(3, min_size=32, width=8, fpn_channels=32)
-    inputs = torch.rand(2, 3, 32, 32)
+    model = SmallFCOS(3, min_size=48, width=8, fpn_channels=32)
+    inputs = torch.rand(2, 3, 48, 48)
     targets = Targets([{"boxes": torch.tensor([[2.0, 3.0, 20.0, 18.0]]),
                         "labels": torch.tensor([1])},
                        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
