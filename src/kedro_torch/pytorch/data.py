@@ -903,6 +903,15 @@ def _split_needs(fractions: dict[str, float], key: str) -> str:
 # --- statistics and report -----------------------------------------------------------
 
 
+def fitted_normalization(config: DataConfig, train: pd.DataFrame) -> dict[str, Any]:
+    """The mean and std the images are normalized with: computed from the training
+    split's pixel sums (``data.normalize`` null), or the parameters'."""
+    if config.normalize.computed:
+        return normalization_from_sums(train["pixel_sum"], train["pixel_sumsq"],
+                                       config.decode_size**2) | {"source": "training split"}
+    return {"mean": config.normalize.mean, "std": config.normalize.std, "source": "parameters"}
+
+
 def normalization_from_sums(
     pixel_sums: Sequence[np.ndarray], pixel_sumsqs: Sequence[np.ndarray], pixels_per_image: int
 ) -> dict[str, list[float]]:

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from kedro_torch.pytorch import images, models, segmentation
+from kedro_torch.pytorch import detection, images, models
 from kedro_torch.pytorch.config import DataConfig, ModelConfig
+from kedro_torch.pytorch.inference import ImageModel
 
 CHANNELS = 3  # torchvision's detectors take RGB
 
@@ -93,11 +94,10 @@ class DetectionSpec:
         return batch.to(torch.float32).div_(255)
 
     def palette(self) -> list[tuple[int, int, int]]:
-        """The classes' colours: the parameters', else PASCAL VOC's colour map (its
-        first colour, black, is the background's and is skipped)."""
+        """The classes' colours: the parameters', else :func:`detection.palette`'s."""
         if self.colors:
             return [tuple(rgb) for rgb in self.colors]
-        return segmentation.palette(len(self.classes) + 1)[1:]
+        return detection.palette(len(self.classes))
 
 
 def model_arguments(classes: Sequence[str], image_size: int, mean: Sequence[float],
@@ -162,18 +162,8 @@ def output_difference(reference: Any, candidate: Any) -> float:
     return largest
 
 
-class Detector:
+class Detector(ImageModel):
     """A trained detector with the preparation of its inputs."""
-
-    def __init__(self, model: nn.Module, spec: DetectionSpec, device: torch.device,
-                 batch_size: int = 32):
-        self.model, self.spec, self.device = model.to(device).eval(), spec, device
-        self.batch_size = batch_size
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], spec: DetectionSpec,
-                        device: str | torch.device = "cpu", batch_size: int = 32) -> Detector:
-        return cls(spec.build_model(state_dict), spec, torch.device(device), batch_size)
 
     @torch.inference_mode()
     def detect(self, decoded: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]]
@@ -183,12 +173,11 @@ class Detector:
         found = []
         for start in range(0, len(decoded), self.batch_size):
             batch = self.spec.prepare(decoded[start:start + self.batch_size]).to(self.device)
-            found += [{name: value.cpu() for name, value in detection.items()}
-                      for detection in self.model(batch)]
+            found += [{name: value.cpu() for name, value in image.items()}
+                      for image in self.model(batch)]
         side = self.spec.image_size
-        for detection, (width, height) in zip(found, sizes, strict=True):
-            scale = torch.tensor([width / side, height / side] * 2)
-            detection["boxes"] = detection["boxes"] * scale
+        for image, (width, height) in zip(found, sizes, strict=True):
+            image["boxes"] = image["boxes"] * torch.tensor([width / side, height / side] * 2)
         return found
 
     def predict_each(self, files: Sequence[str | bytes]) -> list[dict[str, torch.Tensor] | str]:
@@ -200,28 +189,19 @@ class Detector:
         return [result if isinstance(result, str)
                 else above(next(found), self.spec.score_threshold) for result in results]
 
-    def predict_files(self, files: Sequence[str | bytes]) -> list[dict[str, torch.Tensor]]:
-        """:meth:`predict_each`, for files that must all be read."""
-        results = self.predict_each(files)
-        failed = [result for result in results if isinstance(result, str)]
-        if failed:
-            raise ValueError(failed[0])
-        return results
-
-    def described(self, detection: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
+    def described(self, found: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
         """Detections as plain values: the class name, the score and the box corners."""
         return [{"label": self.spec.classes[int(label) - 1], "score": float(score),
                  "x_min": float(box[0]), "y_min": float(box[1]), "x_max": float(box[2]),
                  "y_max": float(box[3])}
-                for box, label, score in zip(detection["boxes"].tolist(),
-                                             detection["labels"].tolist(),
-                                             detection["scores"].tolist(), strict=True)]
+                for box, label, score in zip(found["boxes"].tolist(), found["labels"].tolist(),
+                                             found["scores"].tolist(), strict=True)]
 
 
-def above(detection: Mapping[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
+def above(found: Mapping[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
     """The detections scored at least ``threshold``."""
-    kept = detection["scores"] >= threshold
-    return {name: value[kept] for name, value in detection.items()}
+    kept = found["scores"] >= threshold
+    return {name: value[kept] for name, value in found.items()}
 
 
 def coco_results(predictions: pd.DataFrame, classes: Sequence[str]) -> list[dict[str, Any]]:

@@ -246,14 +246,16 @@ def _checked(decoding: Callable[[], tuple[np.ndarray, str]], digest: str, channe
         pixels, mode = decoding()
     except Exception as error:
         return FileCheck(reason=decode_failure(error), content_hash=digest)
-    flat = pixels.reshape(channels, -1).astype(np.int64)
-    return FileCheck(
-        content_hash=digest,
-        mode=mode,
-        pixels=pixels if keep_pixels else None,
-        pixel_sum=flat.sum(axis=1).astype(np.float64),
-        pixel_sumsq=(flat * flat).sum(axis=1).astype(np.float64),
-    )
+    pixel_sum, pixel_sumsq = pixel_sums(pixels)
+    return FileCheck(content_hash=digest, mode=mode, pixels=pixels if keep_pixels else None,
+                     pixel_sum=pixel_sum, pixel_sumsq=pixel_sumsq)
+
+
+def pixel_sums(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the sum and the sum of squares of a ``(channels, ...)`` image's pixels:
+    the training split's normalization statistics add these up image by image."""
+    flat = pixels.reshape(pixels.shape[0], -1).astype(np.int64)
+    return flat.sum(axis=1).astype(np.float64), (flat * flat).sum(axis=1).astype(np.float64)
 
 
 def image_size_of(data: bytes) -> tuple[int, int]:

@@ -266,3 +266,30 @@ def predictions_table(probabilities: torch.Tensor, class_names: Sequence[str],
     table.insert(0, "label", table["top1_label"])
     table.insert(1, "probability", table["top1_probability"])
     return table
+
+
+class ImageModel:
+    """A trained model of images (a segmenter, a detector) with its spec, predicting in
+    batches; each kind says what it answers for one file in :meth:`predict_each`."""
+
+    def __init__(self, model: nn.Module, spec: Any, device: torch.device, batch_size: int = 32):
+        self.model, self.spec, self.device = model.to(device).eval(), spec, device
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], spec: Any,
+                        device: str | torch.device = "cpu", batch_size: int = 32) -> Any:
+        return cls(spec.build_model(state_dict), spec, torch.device(device), batch_size)
+
+    def predict_each(self, files: Sequence[str | bytes]) -> list[Any]:
+        """Each image file's (path or bytes) answer, or why it could not be read: one bad
+        file spoils no other."""
+        raise NotImplementedError
+
+    def predict_files(self, files: Sequence[str | bytes]) -> list[Any]:
+        """:meth:`predict_each`, for files that must all be read."""
+        results = self.predict_each(files)
+        failed = [result for result in results if isinstance(result, str)]
+        if failed:
+            raise ValueError(failed[0])
+        return results

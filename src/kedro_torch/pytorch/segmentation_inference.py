@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from kedro_torch.pytorch import images, loaders, models, segmentation
 from kedro_torch.pytorch.config import DataConfig, ModelConfig
+from kedro_torch.pytorch.inference import ImageModel
 
 
 class Logits(nn.Module):
@@ -123,18 +124,8 @@ class SegmentationSpec:
         return segmentation.palette(len(self.classes))
 
 
-class Segmenter:
+class Segmenter(ImageModel):
     """A trained segmentation model with the preparation of its inputs."""
-
-    def __init__(self, model: nn.Module, spec: SegmentationSpec, device: torch.device,
-                 batch_size: int = 32):
-        self.model, self.spec, self.device = model.to(device).eval(), spec, device
-        self.batch_size = batch_size
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], spec: SegmentationSpec,
-                        device: str | torch.device = "cpu", batch_size: int = 32) -> Segmenter:
-        return cls(spec.build_model(state_dict), spec, torch.device(device), batch_size)
 
     @torch.inference_mode()
     def masks(self, decoded: Sequence[np.ndarray]) -> torch.Tensor:
@@ -155,14 +146,6 @@ class Segmenter:
         masks = iter([at_size(mask.numpy(), size) for mask, (_, size) in
                       zip(self.masks([pixels for pixels, _ in read]), read, strict=True)])
         return [result if isinstance(result, str) else next(masks) for result in results]
-
-    def predict_files(self, files: Sequence[str | bytes]) -> list[np.ndarray]:
-        """:meth:`predict_each`, for files that must all be read."""
-        results = self.predict_each(files)
-        failed = [result for result in results if isinstance(result, str)]
-        if failed:
-            raise ValueError(failed[0])
-        return results
 
     def shares(self, mask: np.ndarray) -> dict[str, float]:
         """Each class's share of a mask's pixels."""

@@ -397,8 +397,9 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
         missing=[c.missing for c in checks], mode=[c.mode for c in checks],
         width=[c.size[0] if c.size else None for c in checks],
         height=[c.size[1] if c.size else None for c in checks],
-        pixel_sum=[None if c.image is None else _sums(c.image)[0] for c in checks],
-        pixel_sumsq=[None if c.image is None else _sums(c.image)[1] for c in checks],
+        pixel_sum=[None if c.image is None else images.pixel_sums(c.image)[0] for c in checks],
+        pixel_sumsq=[None if c.image is None else images.pixel_sums(c.image)[1]
+                     for c in checks],
     )
     bad_boxes = [{"path": path, "relative_path": relative, **box}
                  for path, relative, check in zip(manifest["path"], manifest["relative_path"],
@@ -409,15 +410,8 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     model_input = model_input.drop(columns=["label"])
     kept = [check for check in checks if check.reason is None]
     train = usable[model_input["split"] == "train"]
-    if config.normalize.computed:
-        normalization = data.normalization_from_sums(
-            train["pixel_sum"], train["pixel_sumsq"], config.decode_size**2
-        ) | {"source": "training split"}
-    else:
-        normalization = {"mean": _per_channel(config.normalize.mean),
-                         "std": _per_channel(config.normalize.std), "source": "parameters"}
-    colors = config.detection.colors or [
-        list(rgb) for rgb in DetectionSpec("", 0, [], [], classes, []).palette()]
+    normalization = data.fitted_normalization(config, train)
+    colors = config.detection.colors or [list(rgb) for rgb in detection.palette(len(classes))]
     preprocessing = normalization | {"classes": list(classes), "colors": colors}
     truths = [truth_of(boxes, classes) for boxes in model_input["boxes"]]
     counted = torch.cat([t["labels"] for t in truths]) if truths else torch.zeros(0)
@@ -445,15 +439,6 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     boxed = _stacked(usable["content_hash"].tolist(), kept)
     return PreparedData(model_input, {name: i + 1 for i, name in enumerate(classes)},
                         preprocessing, report, boxed, on_disk)
-
-
-def _per_channel(values: Sequence[float]) -> list[float]:
-    return list(values) * CHANNELS if len(values) == 1 else list(values)
-
-
-def _sums(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    flat = pixels.reshape(pixels.shape[0], -1).astype(np.int64)
-    return flat.sum(axis=1).astype(np.float64), (flat * flat).sum(axis=1).astype(np.float64)
 
 
 # --- feeding -------------------------------------------------------------------------------

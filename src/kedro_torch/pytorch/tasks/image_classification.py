@@ -134,14 +134,7 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
         raise data.DataError(
             f"classes without any readable image: {', '.join(map(repr, unusable))}")
     model_input, label_map, missed, rule = data.split_manifest(usable, config.split)
-    if config.normalize.computed:
-        train = usable[model_input["split"] == "train"]
-        normalization = data.normalization_from_sums(
-            train["pixel_sum"], train["pixel_sumsq"], config.decode_size**2
-        ) | {"source": "training split"}
-    else:
-        normalization = {"mean": config.normalize.mean, "std": config.normalize.std,
-                         "source": "parameters"}
+    normalization = data.fitted_normalization(config, usable[model_input["split"] == "train"])
     origin = sources.get(config.source).describe(config)
     report = data.quality_report(checked, bad, model_input, missed, config.max_bad_fraction,
                                  source=origin, split_rule=rule)

@@ -366,8 +366,9 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
         label="image",  # one stratum: the hash splits every image alike
         content_hash=[c.content_hash for c in checks], reason=[c.reason for c in checks],
         missing=[c.missing for c in checks], mode=[c.mode for c in checks],
-        pixel_sum=[None if c.image is None else _sums(c.image)[0] for c in checks],
-        pixel_sumsq=[None if c.image is None else _sums(c.image)[1] for c in checks],
+        pixel_sum=[None if c.image is None else images.pixel_sums(c.image)[0] for c in checks],
+        pixel_sumsq=[None if c.image is None else images.pixel_sums(c.image)[1]
+                     for c in checks],
     )
     if "mask_path" not in checked:
         checked["mask_path"] = None
@@ -376,13 +377,7 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     model_input = model_input.drop(columns=["label"])
     kept = [check for check in checks if check.reason is None]
     train = usable[model_input["split"] == "train"]
-    if config.normalize.computed:
-        normalization = data.normalization_from_sums(
-            train["pixel_sum"], train["pixel_sumsq"], config.decode_size**2
-        ) | {"source": "training split"}
-    else:
-        normalization = {"mean": config.normalize.mean, "std": config.normalize.std,
-                         "source": "parameters"}
+    normalization = data.fitted_normalization(config, train)
     colors = seg.colors or [list(rgb) for rgb in segmentation.palette(len(seg.classes))]
     preprocessing = normalization | {"classes": list(seg.classes), "colors": colors,
                                      "ignore_index": seg.ignore_index}
@@ -413,11 +408,6 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     pairs = _stacked(usable["content_hash"].tolist(), kept)
     return PreparedData(model_input, {name: i for i, name in enumerate(seg.classes)},
                         preprocessing, report, pairs, on_disk)
-
-
-def _sums(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    flat = pixels.reshape(pixels.shape[0], -1).astype(np.int64)
-    return flat.sum(axis=1).astype(np.float64), (flat * flat).sum(axis=1).astype(np.float64)
 
 
 # --- feeding -------------------------------------------------------------------------------
