@@ -168,9 +168,12 @@ class BoxScores:
     an NCCL group cannot carry.
     """
 
-    def __init__(self, classes: Sequence[str], curves: bool = False):
+    def __init__(self, classes: Sequence[str], curves: bool = False, per_class: bool = True):
         self.classes = list(classes)
         self.curves = curves
+        # Each class's AP is one more COCO evaluation of the split: an epoch's validation,
+        # which reports the mAP alone, goes without.
+        self.per_class = per_class
         self._detections: list[dict[str, Tensor]] = []
         self._targets: list[dict[str, Tensor]] = []
 
@@ -219,7 +222,7 @@ class BoxScores:
             labels = target["labels"]
             counts += torch.bincount(labels[(labels > 0) & (labels <= len(self.classes))],
                                      minlength=len(counts))
-        scored = _class_scores(result)
+        scored = _class_scores(result) if self.per_class else {}
         report["per_class"] = {
             name: {**scored.get(label, {"ap": None, "recall": None}),
                    "boxes": int(counts[label])}
@@ -231,7 +234,8 @@ class BoxScores:
 
     def _compute(self, detections: list[dict[str, Tensor]],
                  targets: list[dict[str, Tensor]]) -> dict:
-        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox",
+                                      class_metrics=self.per_class,
                                       extended_summary=self.curves, backend="pycocotools",
                                       sync_on_compute=False)
         metric.update(detections, targets)

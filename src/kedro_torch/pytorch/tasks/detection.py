@@ -115,7 +115,7 @@ class ObjectDetection(Task):
         sums.update(trained=torch.zeros((), dtype=torch.long, device=device),
                     detected=torch.zeros((), dtype=torch.long, device=device),
                     loss=torch.zeros((), device=device),
-                    boxes=detection.BoxScores(self.classes))
+                    boxes=detection.BoxScores(self.classes, per_class=False))
         return sums
 
     def accumulate(self, sums: dict[str, Any], outputs: Any, targets: Targets,
