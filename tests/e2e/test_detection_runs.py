@@ -36,7 +36,7 @@ from tests.servers import free_port, serving
 pytestmark = pytest.mark.e2e
 
 SHAPES = PROJECT_ROOT / "data" / "01_raw" / "shapes_detection"
-DOCUMENTED_IMAGE = "data/01_raw/shapes_detection/images/0000.png"
+DOCUMENTED_IMAGE = "data/01_raw/shapes_detection/images/0001.png"
 CLASSES = ["circle", "square", "triangle"]
 # The shapes run takes a few minutes on a quiet CPU, and half an hour on one that other
 # tests share.

@@ -255,6 +255,14 @@ def test_detection_without_classes_is_refused_naming_the_key(coco_root):
         api.prepare_data(manifest_of(coco_root, cfg), cfg)
 
 
+def test_a_split_left_empty_is_refused_before_training(tmp_path):
+    """Nine images split by hash can leave the test split empty (they do under these
+    file contents): evaluation, after training, would find no image."""
+    root = write_coco_root(tmp_path / "coco", count=9, size=SIZE, seed=0)
+    with pytest.raises(data.DataError, match=r"split.* would hold no image under data\.split"):
+        api.prepare_data(manifest_of(root, config()), config())
+
+
 # --- feeding ------------------------------------------------------------------------------
 
 

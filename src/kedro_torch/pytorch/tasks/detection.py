@@ -408,6 +408,7 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     usable, bad = data.set_aside_bad_files(checked, config.max_bad_fraction)
     model_input, _, _, rule = data.split_manifest(usable, config.split)
     model_input = model_input.drop(columns=["label"])
+    _refuse_empty_splits(model_input, config)
     kept = [check for check in checks if check.reason is None]
     train = usable[model_input["split"] == "train"]
     normalization = data.fitted_normalization(config, train)
@@ -439,6 +440,20 @@ def _prepare_data(manifest: pd.DataFrame, config: DataConfig,
     boxed = _stacked(usable["content_hash"].tolist(), kept)
     return PreparedData(model_input, {name: i + 1 for i, name in enumerate(classes)},
                         preprocessing, report, boxed, on_disk)
+
+
+def _refuse_empty_splits(model_input: pd.DataFrame, config: DataConfig) -> None:
+    """A split its fraction asks for but the hash left empty would fail only after
+    training, when the test images are evaluated: refused now."""
+    counts = model_input["split"].value_counts()
+    empty = [split for split, share in config.split.fractions.items()
+             if share > 0 and not counts.get(split, 0)]
+    if empty:
+        raise data.DataError(
+            f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} of the "
+            f"{len(model_input)} usable images would hold no image under data.split "
+            f"{config.split.fractions}: add images, or change data.split.seed or its "
+            "fractions")
 
 
 # --- feeding -------------------------------------------------------------------------------
