@@ -141,12 +141,14 @@ class ObjectDetection(Task):
         if totals["trained"]:
             figures |= {name: totals[name] / totals["trained"] for name in totals
                         if name == "loss" or name.startswith("loss_")}
-        if totals["detected"]:
-            figures |= {name: totals["boxes"][name] for name in self.epoch_metrics}
+        if totals["detected"]:  # NaN where no true box gave the mAP anything to measure
+            figures |= {name: math.nan if totals["boxes"][name] is None
+                        else totals["boxes"][name] for name in self.epoch_metrics}
         return figures
 
     def probe_targets(self) -> dict[str, torch.Tensor]:
-        """Unused by the checks' probe (no loss to call), but for its shape."""
+        """A placeholder: the checks' probe calls no loss of a detector's (the model
+        computes its own), so it steps the optimizers on a loss of its own."""
         return {"boxes": torch.tensor([0, 1, 0])}
 
     # --- data ----------------------------------------------------------------------------
