@@ -47,7 +47,8 @@ from kedro_torch.pytorch.tables import TablePreprocessing
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # kedro_torch, carried inside the model
-REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "pandas", "numpy", "fsspec")
+REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "pandas", "numpy", "fsspec",
+                "torchmetrics", "pycocotools")  # the last two: the package imports its detector
 # MLflow's column type for each of TablePreprocessing's input types. Over HTTP MLflow
 # refuses a null in a "long" column and reads it as False in a "boolean" one, so those
 # (categorical) columns take any type: the preprocessing reads their values as strings,
