@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from kedro_torch.pytorch import api, data, engine, images, sources, tasks
+from kedro_torch.pytorch import api, data, engine, export, images, models, sources, tasks
 from kedro_torch.pytorch.config import (
     DataConfig,
     InferenceConfig,
@@ -26,7 +26,12 @@ from kedro_torch.pytorch.config import (
     parse,
 )
 from kedro_torch.pytorch.detection import SmallFCOS
-from kedro_torch.pytorch.detection_inference import Detector, coco_results
+from kedro_torch.pytorch.detection_inference import (
+    Detector,
+    coco_results,
+    model_arguments,
+    output_difference,
+)
 from kedro_torch.pytorch.tasks.detection import Targets
 from tests.detection_data import write_coco_root
 
@@ -484,3 +489,27 @@ def test_a_detector_trains_and_validates_on_cuda(prepared):
                                       "monitor": "val_map"}, "training")
     result = api.fit(model, feeds, training, task=tasks.create(cfg.task, prepared.preprocessing))
     assert {"train_loss", "val_map", "val_map50"} <= result.history[0].keys()
+
+
+def test_a_torchvision_detector_trains_predicts_and_exports_through_the_task():
+    """Faster R-CNN, built by name as a run builds it (no weights; the task's input size
+    and normalization), takes a training step, detects, and its exports match eager."""
+    torch.manual_seed(0)
+    task = tasks.create("object_detection", {"classes": CLASSES})
+    model = models.build("fasterrcnn_mobilenet_v3_large_320_fpn",
+                         model_arguments(CLASSES, 64, [0.5], [0.25]), {})
+    inputs = torch.rand(2, 3, 64, 64)
+    targets = Targets([{"boxes": torch.tensor([[4.0, 6.0, 40.0, 30.0]]),
+                        "labels": torch.tensor([2])}] * 2)
+    losses, loss = task.step(model.train(), inputs, targets, None)
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness"} <= set(losses)
+    loss.backward()
+    detections, _ = task.step(model.eval(), inputs, targets, None)
+    assert len(detections) == 2 and detections[0]["boxes"].shape[-1] == 4
+    forms = task.exported(model)
+    with torch.no_grad():
+        scripted = export.to_torchscript(forms["torchscript"])
+        program = export.to_exported_program(forms["exported_program"], inputs)
+        assert output_difference(forms["torchscript"](inputs), scripted(inputs)) <= 1e-5
+        assert output_difference(forms["exported_program"](inputs),
+                                 program.module()(inputs)) <= 1e-5
