@@ -41,8 +41,9 @@ class CocoSource(Source):
         return manifest_from_coco(loaded, read_coco(loaded, config.detection.annotations))
 
     def judge(self, loaded: pd.DataFrame, config: DataConfig, name: str | None) -> None:
-        """Before the run: the file is there and COCO, the classes are given (the COCO
-        results of evaluation give each its category id), and each image is found once."""
+        """Before the run: the file is there and COCO, the classes are given and each is
+        a category of the file (a class none names would train on no box), and each image
+        is found once."""
         annotations = config.detection.annotations
         coco = read_coco(loaded, annotations)
         if not config.detection.classes:
